@@ -1,1 +1,32 @@
-//! placeholder
+//! The reconcile engine: reads Celery's Redis state, decides who owns each entry from the
+//! `[[owners]]` rules and the owner rows, and removes or repairs what is confirmed orphaned,
+//! expired or lost — atomically, archived and audited.
+//!
+//! The binary, the HTTP server and the Python package all drive this crate through
+//! [`Janitor`]; none of them talks to Redis or the database directly.
+
+mod archive;
+mod classify;
+mod cleanup;
+mod error;
+mod janitor;
+mod owners_db;
+mod progress;
+mod redis_io;
+mod restore;
+mod scan;
+
+pub use archive::{printable, ArchiveRecord, AuditLog};
+pub use classify::{Entry, Location, State};
+pub use cleanup::{
+    CleanupOptions, CleanupReport, ExpiredResultsReport, FullCleanupReport, LocationCounts,
+    LostRowsReport, SkipCounts,
+};
+pub use error::EngineError;
+pub use janitor::{Janitor, RedisInfo, StatusReport, TaskCounts};
+pub use progress::{NoProgress, Progress};
+pub use restore::{RestoreOptions, RestoreReport};
+pub use scan::ScanFilter;
+
+/// Prefix of every key celery-janitor itself writes (after the broker's `global_keyprefix`).
+pub const OWN_KEY_PREFIX: &str = "celery-janitor:";

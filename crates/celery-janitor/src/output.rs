@@ -1,0 +1,257 @@
+//! What the commands print: the JSON shapes of docs/cli.md, and the human reports.
+
+use std::io::Write;
+
+use anyhow::Result;
+use janitor_config::Settings;
+use janitor_engine::{CleanupReport, Entry, FullCleanupReport, RestoreReport, StatusReport};
+use serde::Serialize;
+
+fn print_json<T: Serialize>(value: &T) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// One row of `tasks --json`.
+#[derive(Debug, Serialize)]
+pub struct TaskRow {
+    pub task_id: Option<String>,
+    pub task_name: Option<String>,
+    pub location: &'static str,
+    pub queue: Option<String>,
+    pub owner_table: Option<String>,
+    pub owner_id: Option<String>,
+    pub state: &'static str,
+    pub key: String,
+    pub reason: Option<String>,
+}
+
+impl From<&Entry> for TaskRow {
+    fn from(e: &Entry) -> Self {
+        TaskRow {
+            task_id: e.task_id.clone(),
+            task_name: e.task_name.clone(),
+            location: e.location.as_str(),
+            queue: e.queue.clone(),
+            owner_table: e.owner_table.clone(),
+            owner_id: e.owner_id.clone(),
+            state: e.state.as_str(),
+            key: janitor_engine::printable(&e.key),
+            reason: e.reason.clone(),
+        }
+    }
+}
+
+fn human_bytes(n: Option<u64>) -> String {
+    let Some(n) = n else { return "unknown".into() };
+    let units = ["B", "KB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < units.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
+}
+
+fn by_location(map: &std::collections::BTreeMap<&'static str, u64>) -> String {
+    ["queue", "unacked", "result"]
+        .iter()
+        .map(|l| format!("{l} {}", map.get(l).copied().unwrap_or(0)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+pub fn status(r: &StatusReport, settings: &Settings, json: bool) -> Result<()> {
+    if json {
+        return print_json(r);
+    }
+    let t = &r.tasks;
+    println!(
+        "Cache status report ({})",
+        chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC")
+    );
+    println!();
+    println!("Redis");
+    println!("  connection:          {}", if r.redis.connected { "connected" } else { "not connected" });
+    println!("  memory used:         {}", human_bytes(r.redis.used_memory_bytes));
+    println!(
+        "  client connections:  {}",
+        r.redis.connected_clients.map_or("unknown".into(), |c| c.to_string())
+    );
+    println!();
+    println!("Tasks");
+    println!("  Celery tasks in Redis: {:>6}   ({})", t.in_redis, by_location(&t.by_location));
+    println!("  orphaned:              {:>6}   ({})", t.orphaned, by_location(&t.orphaned_by_location));
+    println!("  live:                  {:>6}", t.live);
+    println!("  unowned:               {:>6}   (no [[owners]] rule; never removed)", t.unowned);
+    println!("  undecidable:           {:>6}   (owner unreadable; never removed)", t.undecidable);
+    let tables: Vec<&str> = settings.owners.rules().iter().map(|r| r.table.as_str()).collect();
+    println!("  tasks in the database: {:>6}   ({})", t.in_database, tables.join(", "));
+    println!();
+    if t.orphaned > 0 {
+        println!(
+            "WARNING: found {} orphaned task{}; cleanup recommended: celery-janitor cleanup-orphaned (preview with --dry-run)",
+            t.orphaned,
+            if t.orphaned == 1 { "" } else { "s" }
+        );
+    } else {
+        println!("No orphaned tasks.");
+    }
+    if r.results.unnamed > 0 {
+        println!(
+            "NOTE: {} result key{} carry no task name, so their owner can't be checked. Set \
+             result_extended=True in your Celery config (or claim_unnamed_results = true on the \
+             owner whose id_from is \"task_id\").",
+            r.results.unnamed,
+            if r.results.unnamed == 1 { "" } else { "s" }
+        );
+    }
+    if settings.owners.is_empty() {
+        println!("NOTE: no [[owners]] rules are configured: every task is unowned. See `celery-janitor init`.");
+    }
+    Ok(())
+}
+
+pub fn tasks(rows: &[TaskRow], json: bool) -> Result<()> {
+    if json {
+        return print_json(&rows);
+    }
+    if rows.is_empty() {
+        println!("No tasks.");
+        return Ok(());
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{:<12} {:<8} {:<14} {:<38} {:<32} OWNER", "STATE", "WHERE", "QUEUE", "TASK ID", "TASK")?;
+    for r in rows {
+        let owner = match (&r.owner_table, &r.owner_id) {
+            (Some(t), Some(id)) => format!("{t}#{id}"),
+            (Some(t), None) => format!("{t}#?"),
+            _ => "-".into(),
+        };
+        writeln!(
+            out,
+            "{:<12} {:<8} {:<14} {:<38} {:<32} {}",
+            r.state,
+            r.location,
+            r.queue.as_deref().unwrap_or("-"),
+            r.task_id.as_deref().unwrap_or("-"),
+            r.task_name.as_deref().unwrap_or("-"),
+            owner
+        )?;
+    }
+    writeln!(out, "{} entr{}", rows.len(), if rows.len() == 1 { "y" } else { "ies" })?;
+    Ok(())
+}
+
+fn cleanup_lines(r: &CleanupReport) {
+    let verb = if r.dry_run { "would remove" } else { "removed" };
+    println!(
+        "Orphans: found {} (queue {}, unacked {}, result {})",
+        r.found.total(),
+        r.found.queue,
+        r.found.unacked,
+        r.found.result
+    );
+    println!(
+        "  {verb} {} (queue {}, unacked {}, result {}); archived {}",
+        r.removed.total(),
+        r.removed.queue,
+        r.removed.unacked,
+        r.removed.result,
+        r.archived
+    );
+    if r.skipped.revived + r.skipped.changed + r.skipped.busy > 0 {
+        println!(
+            "  kept: {} whose row appeared during the grace period, {} taken or changed by a worker, {} skipped while a worker held unacked_mutex",
+            r.skipped.revived, r.skipped.changed, r.skipped.busy
+        );
+    }
+    if r.undecidable > 0 {
+        println!("  {} undecidable entries were left alone (see `celery-janitor tasks`)", r.undecidable);
+    }
+    if let Some(rv) = &r.revoke {
+        println!(
+            "  revoke broadcast for {} task id{} heard by {} live worker{}",
+            rv.task_ids,
+            if rv.task_ids == 1 { "" } else { "s" },
+            rv.heard_by,
+            if rv.heard_by == 1 { "" } else { "s" }
+        );
+    }
+}
+
+fn run_footer(run_id: &str, dry_run: bool) {
+    if dry_run {
+        println!("Dry run: nothing was changed.");
+    } else {
+        println!("Run {run_id}. Undo with: celery-janitor restore --run {run_id}");
+    }
+}
+
+pub fn cleanup(r: &CleanupReport, json: bool) -> Result<()> {
+    if json {
+        return print_json(r);
+    }
+    cleanup_lines(r);
+    run_footer(&r.run_id, r.dry_run);
+    Ok(())
+}
+
+pub fn full_cleanup(r: &FullCleanupReport, json: bool) -> Result<()> {
+    if json {
+        return print_json(r);
+    }
+    println!("Full cleanup report");
+    cleanup_lines(&r.orphans);
+    let e = &r.expired_results;
+    println!(
+        "Results older than {} h: {} {} ({} without TTL); {} could not be aged",
+        e.max_age_hours,
+        if r.dry_run { "would remove" } else { "removed" },
+        e.removed,
+        e.without_ttl,
+        e.unaged
+    );
+    let l = &r.lost_rows;
+    println!(
+        "Lost rows: {} {}",
+        if r.dry_run { "would mark" } else { "marked" },
+        l.marked
+    );
+    for (table, n) in &l.by_table {
+        println!("  {table}: {n}");
+    }
+    for (table, why) in &l.skipped_tables {
+        println!("  {table}: skipped: {why}");
+    }
+    run_footer(&r.run_id, r.dry_run);
+    Ok(())
+}
+
+pub fn restore(r: &RestoreReport, json: bool) -> Result<()> {
+    if json {
+        return print_json(r);
+    }
+    let total: u64 = r.restored.values().sum();
+    println!(
+        "{} {} entr{} (queue {}, unacked {}, result {}){}",
+        if r.dry_run { "Would restore" } else { "Restored" },
+        total,
+        if total == 1 { "y" } else { "ies" },
+        r.restored.get("queue").unwrap_or(&0),
+        r.restored.get("unacked").unwrap_or(&0),
+        r.restored.get("result").unwrap_or(&0),
+        r.run_id.as_ref().map(|id| format!(" from run {id}")).unwrap_or_default()
+    );
+    if r.skipped > 0 {
+        println!("{} skipped (already restored, or the target exists)", r.skipped);
+    }
+    Ok(())
+}

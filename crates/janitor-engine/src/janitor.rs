@@ -1,0 +1,181 @@
+//! [`Janitor`]: the connected engine (broker, result backend, owner database) and the read-only
+//! operations: `status` and listing entries.
+
+use std::collections::BTreeMap;
+
+use janitor_config::Settings;
+use janitor_wire::{BackendLayout, BrokerLayout};
+use serde::Serialize;
+
+use crate::archive::AuditLog;
+use crate::classify::{Entry, Location, State};
+use crate::error::{EngineError, Result};
+use crate::owners_db::OwnerDb;
+use crate::progress::Progress;
+use crate::redis_io::{RedisHandle, Scripts};
+use crate::OWN_KEY_PREFIX;
+
+pub struct Janitor {
+    pub(crate) settings: Settings,
+    pub(crate) broker: RedisHandle,
+    pub(crate) backend: RedisHandle,
+    /// Broker and backend are the same server and database.
+    pub(crate) shared_redis: bool,
+    pub(crate) db: OwnerDb,
+    pub(crate) broker_layout: BrokerLayout,
+    pub(crate) backend_layout: BackendLayout,
+    pub(crate) scripts: Scripts,
+    pub(crate) audit: AuditLog,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RedisInfo {
+    pub connected: bool,
+    pub used_memory_bytes: Option<u64>,
+    pub connected_clients: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TaskCounts {
+    pub in_redis: u64,
+    pub orphaned: u64,
+    pub in_database: u64,
+    pub live: u64,
+    pub unowned: u64,
+    pub undecidable: u64,
+    pub by_location: BTreeMap<&'static str, u64>,
+    pub orphaned_by_location: BTreeMap<&'static str, u64>,
+    pub undecidable_by_location: BTreeMap<&'static str, u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ResultCounts {
+    /// Result keys with no task name (`result_extended` off).
+    pub unnamed: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusReport {
+    pub redis: RedisInfo,
+    pub tasks: TaskCounts,
+    pub results: ResultCounts,
+}
+
+impl TaskCounts {
+    pub(crate) fn zeroed() -> Self {
+        let mut c = TaskCounts::default();
+        for l in Location::ALL {
+            c.by_location.insert(l.as_str(), 0);
+            c.orphaned_by_location.insert(l.as_str(), 0);
+            c.undecidable_by_location.insert(l.as_str(), 0);
+        }
+        c
+    }
+
+    pub(crate) fn add(&mut self, e: &Entry) {
+        self.in_redis += 1;
+        *self.by_location.entry(e.location.as_str()).or_default() += 1;
+        match e.state {
+            State::Live => self.live += 1,
+            State::Orphaned => {
+                self.orphaned += 1;
+                *self.orphaned_by_location.entry(e.location.as_str()).or_default() += 1;
+            }
+            State::Unowned => self.unowned += 1,
+            State::Undecidable => {
+                self.undecidable += 1;
+                *self
+                    .undecidable_by_location
+                    .entry(e.location.as_str())
+                    .or_default() += 1;
+            }
+        }
+    }
+}
+
+impl Janitor {
+    /// Connects to Redis (broker and backend) and the owner database, and checks the owner
+    /// tables exist.
+    pub async fn connect(settings: Settings) -> Result<Self> {
+        let broker = RedisHandle::connect(&settings.broker_url).await?;
+        let shared_redis = settings.broker_url.expose() == settings.backend_url.expose();
+        let backend = if shared_redis {
+            broker.clone()
+        } else {
+            RedisHandle::connect(&settings.backend_url).await?
+        };
+        let db_url = settings.database_url.as_ref().ok_or(EngineError::NoDatabase)?;
+        let db = OwnerDb::connect(db_url, settings.owners.rules()).await?;
+        let broker_layout = BrokerLayout {
+            prefix: settings.broker_prefix.clone(),
+            priority_steps: settings.priority_steps.clone(),
+            ..Default::default()
+        };
+        let backend_layout = BackendLayout::with_prefix(&settings.backend_prefix);
+        let audit = AuditLog::new(settings.audit_log.clone(), settings.archive_dir.clone());
+        Ok(Janitor {
+            settings,
+            broker,
+            backend,
+            shared_redis,
+            db,
+            broker_layout,
+            backend_layout,
+            scripts: Scripts::load(),
+            audit,
+        })
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// A key of celery-janitor's own, in the broker's prefix.
+    pub(crate) fn own_key(&self, name: &str) -> Vec<u8> {
+        [
+            self.settings.broker_prefix.as_slice(),
+            OWN_KEY_PREFIX.as_bytes(),
+            name.as_bytes(),
+        ]
+        .concat()
+    }
+
+    pub async fn redis_info(&self) -> Result<RedisInfo> {
+        let (used_memory_bytes, connected_clients) = self.broker.info_fields().await?;
+        Ok(RedisInfo {
+            connected: true,
+            used_memory_bytes,
+            connected_clients,
+        })
+    }
+
+    /// Counts every entry by state and location, and the owner rows.
+    pub async fn status(&self, progress: &dyn Progress) -> Result<StatusReport> {
+        let redis = self.redis_info().await?;
+        let mut tasks = TaskCounts::zeroed();
+        let mut results = ResultCounts::default();
+        self.scan(progress, &mut |e: Entry| {
+            if e.location == Location::Result && e.task_name.is_none() {
+                results.unnamed += 1;
+            }
+            tasks.add(&e);
+        })
+        .await?;
+        for rule in self.settings.owners.rules() {
+            tasks.in_database += self.db.count_rows(rule).await?;
+        }
+        progress.finish();
+        Ok(StatusReport {
+            redis,
+            tasks,
+            results,
+        })
+    }
+
+    /// Every classified entry, streamed to `sink` in scan order.
+    pub async fn entries(&self, progress: &dyn Progress, sink: &mut (dyn FnMut(Entry) + Send)) -> Result<()> {
+        self.scan(progress, sink).await?;
+        progress.finish();
+        Ok(())
+    }
+}

@@ -1,0 +1,342 @@
+//! Owner-row lookups in the application database (PostgreSQL or SQLite), always batched.
+//!
+//! Table and column names come from the config, so queries are built at run time from validated,
+//! quoted identifiers; every value is bound. Ids are bound in the id column's own type (looked up
+//! once per table) so `= ANY($1)` uses the primary-key index. An id that can't be of that type is
+//! reported as invalid — never as "missing", which would make it an orphan.
+
+use std::collections::{HashMap, HashSet};
+
+use janitor_config::{quote_ident, OwnerRule, SecretUrl};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqlitePool, SqlitePoolOptions};
+use sqlx::Row;
+
+use crate::error::{EngineError, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IdKind {
+    Int,
+    Uuid,
+    Text,
+}
+
+enum Pool {
+    Pg(PgPool),
+    Sqlite(SqlitePool),
+}
+
+pub(crate) struct OwnerDb {
+    pool: Pool,
+    kinds: Vec<IdKind>,
+}
+
+/// Typed id batch for binding.
+enum Ids {
+    Int(Vec<i64>),
+    Uuid(Vec<uuid::Uuid>),
+    Text(Vec<String>),
+}
+
+/// The answer for one batch of ids.
+#[derive(Debug, Default)]
+pub(crate) struct Lookup {
+    pub existing: HashSet<String>,
+    /// Ids that can't be values of the id column, with the reason.
+    pub invalid: HashMap<String, String>,
+}
+
+fn db_error(rule: &OwnerRule, e: impl std::fmt::Display) -> EngineError {
+    EngineError::Database {
+        table: rule.table.clone(),
+        message: e.to_string(),
+    }
+}
+
+impl OwnerDb {
+    pub async fn connect(url: &SecretUrl, rules: &[OwnerRule]) -> Result<Self> {
+        let unavailable = |e: sqlx::Error| EngineError::DatabaseUnavailable {
+            url: url.to_string(),
+            message: e.to_string(),
+        };
+        let timeout = std::time::Duration::from_secs(5);
+        let pool = if url.scheme() == "sqlite" {
+            Pool::Sqlite(
+                SqlitePoolOptions::new()
+                    .max_connections(2)
+                    .acquire_timeout(timeout)
+                    .connect(url.expose())
+                    .await
+                    .map_err(unavailable)?,
+            )
+        } else {
+            Pool::Pg(
+                PgPoolOptions::new()
+                    .max_connections(4)
+                    .acquire_timeout(timeout)
+                    .connect(url.expose())
+                    .await
+                    .map_err(unavailable)?,
+            )
+        };
+        let mut db = OwnerDb {
+            pool,
+            kinds: Vec::new(),
+        };
+        for rule in rules {
+            let kind = db.id_kind(rule).await?;
+            db.kinds.push(kind);
+        }
+        Ok(db)
+    }
+
+    async fn id_kind(&self, rule: &OwnerRule) -> Result<IdKind> {
+        let (schema, table) = match rule.table.split_once('.') {
+            Some((s, t)) => (Some(s), t),
+            None => (None, rule.table.as_str()),
+        };
+        let type_name: Option<String> = match &self.pool {
+            Pool::Pg(pool) => {
+                let row = sqlx::query(
+                    "SELECT data_type FROM information_schema.columns \
+                     WHERE table_name = $1 AND column_name = $2 \
+                     AND table_schema = COALESCE($3, current_schema()) LIMIT 1",
+                )
+                .bind(table)
+                .bind(&rule.id_column)
+                .bind(schema)
+                .fetch_optional(pool)
+                .await
+                .map_err(|e| db_error(rule, e))?;
+                row.map(|r| r.get::<String, _>(0))
+            }
+            Pool::Sqlite(pool) => {
+                let sql = format!("SELECT type FROM pragma_table_info({}) WHERE name = ?", sql_string(table));
+                let row = sqlx::query(&sql)
+                    .bind(&rule.id_column)
+                    .fetch_optional(pool)
+                    .await
+                    .map_err(|e| db_error(rule, e))?;
+                row.map(|r| r.get::<String, _>(0))
+            }
+        };
+        let Some(type_name) = type_name else {
+            return Err(db_error(
+                rule,
+                format!(
+                    "column {}.{} does not exist (check [[owners]] table and id_column)",
+                    rule.table, rule.id_column
+                ),
+            ));
+        };
+        let t = type_name.to_ascii_lowercase();
+        Ok(if t.contains("int") {
+            IdKind::Int
+        } else if t == "uuid" {
+            IdKind::Uuid
+        } else {
+            IdKind::Text
+        })
+    }
+
+    fn typed(&self, rule_idx: usize, ids: &[String], lookup: &mut Lookup) -> Ids {
+        match self.kinds[rule_idx] {
+            IdKind::Int => {
+                let mut v = Vec::new();
+                for id in ids {
+                    match id.trim().parse::<i64>() {
+                        Ok(n) if n.to_string() == *id => v.push(n),
+                        _ => {
+                            lookup
+                                .invalid
+                                .insert(id.clone(), format!("owner id {id:?} is not an integer"));
+                        }
+                    }
+                }
+                Ids::Int(v)
+            }
+            IdKind::Uuid => {
+                let mut v = Vec::new();
+                for id in ids {
+                    match uuid::Uuid::parse_str(id) {
+                        Ok(u) if u.hyphenated().to_string() == *id => v.push(u),
+                        _ => {
+                            lookup
+                                .invalid
+                                .insert(id.clone(), format!("owner id {id:?} is not a canonical uuid"));
+                        }
+                    }
+                }
+                Ids::Uuid(v)
+            }
+            IdKind::Text => Ids::Text(ids.to_vec()),
+        }
+    }
+
+    /// Which of `ids` exist in the rule's table. One query per call (per 500 ids on SQLite).
+    pub async fn lookup(&self, rule_idx: usize, rule: &OwnerRule, ids: &[String]) -> Result<Lookup> {
+        let mut lookup = Lookup::default();
+        let typed = self.typed(rule_idx, ids, &mut lookup);
+        let table = rule.quoted_table();
+        let col = quote_ident(&rule.id_column);
+        match &self.pool {
+            Pool::Pg(pool) => {
+                let sql = format!("SELECT {col}::text FROM {table} WHERE {col} = ANY($1)");
+                let q = sqlx::query_scalar::<_, String>(&sql);
+                let rows = match typed {
+                    Ids::Int(v) => q.bind(v).fetch_all(pool).await,
+                    Ids::Uuid(v) => q.bind(v).fetch_all(pool).await,
+                    Ids::Text(v) => q.bind(v).fetch_all(pool).await,
+                }
+                .map_err(|e| db_error(rule, e))?;
+                lookup.existing.extend(rows);
+            }
+            Pool::Sqlite(pool) => {
+                let values: Vec<String> = match typed {
+                    Ids::Int(v) => v.iter().map(i64::to_string).collect(),
+                    Ids::Uuid(v) => v.iter().map(|u| u.hyphenated().to_string()).collect(),
+                    Ids::Text(v) => v,
+                };
+                for chunk in values.chunks(500) {
+                    let marks = vec!["?"; chunk.len()].join(", ");
+                    let sql = format!("SELECT CAST({col} AS TEXT) FROM {table} WHERE {col} IN ({marks})");
+                    let mut q = sqlx::query_scalar::<_, String>(&sql);
+                    for v in chunk {
+                        q = match self.kinds[rule_idx] {
+                            IdKind::Int => q.bind(v.parse::<i64>().unwrap_or_default()),
+                            _ => q.bind(v.clone()),
+                        };
+                    }
+                    let rows = q.fetch_all(pool).await.map_err(|e| db_error(rule, e))?;
+                    lookup.existing.extend(rows);
+                }
+            }
+        }
+        Ok(lookup)
+    }
+
+    pub async fn count_rows(&self, rule: &OwnerRule) -> Result<u64> {
+        let sql = format!("SELECT count(*) FROM {}", rule.quoted_table());
+        let n: i64 = match &self.pool {
+            Pool::Pg(pool) => sqlx::query_scalar(&sql).fetch_one(pool).await,
+            Pool::Sqlite(pool) => sqlx::query_scalar(&sql).fetch_one(pool).await,
+        }
+        .map_err(|e| db_error(rule, e))?;
+        Ok(n.max(0) as u64)
+    }
+
+    /// Ids of rows in an active status created more than `lost_after_minutes` ago.
+    pub async fn lost_candidates(&self, rule: &OwnerRule) -> Result<Vec<String>> {
+        let Some(lost) = &rule.lost else {
+            return Ok(Vec::new());
+        };
+        let table = rule.quoted_table();
+        let col = quote_ident(&rule.id_column);
+        let status = quote_ident(&lost.status_column);
+        let created = quote_ident(&lost.created_column);
+        let cutoff = chrono::Utc::now()
+            - chrono::Duration::milliseconds((lost.lost_after_minutes * 60_000.0) as i64);
+        let rows = match &self.pool {
+            Pool::Pg(pool) => {
+                let sql = format!(
+                    "SELECT {col}::text FROM {table} WHERE {status} = ANY($1) AND {created} < $2"
+                );
+                sqlx::query_scalar::<_, String>(&sql)
+                    .bind(&lost.active_statuses)
+                    .bind(cutoff)
+                    .fetch_all(pool)
+                    .await
+            }
+            Pool::Sqlite(pool) => {
+                let marks = vec!["?"; lost.active_statuses.len()].join(", ");
+                let sql = format!(
+                    "SELECT CAST({col} AS TEXT) FROM {table} WHERE {status} IN ({marks}) AND {created} < ?"
+                );
+                let mut q = sqlx::query_scalar::<_, String>(&sql);
+                for s in &lost.active_statuses {
+                    q = q.bind(s.clone());
+                }
+                q.bind(cutoff.format("%Y-%m-%d %H:%M:%S").to_string())
+                    .fetch_all(pool)
+                    .await
+            }
+        }
+        .map_err(|e| db_error(rule, e))?;
+        Ok(rows)
+    }
+
+    /// Sets `lost_status` on the given rows, in one transaction, only where they are still active
+    /// and old enough. Returns the ids actually changed.
+    pub async fn mark_lost(&self, rule_idx: usize, rule: &OwnerRule, ids: &[String]) -> Result<Vec<String>> {
+        let Some(lost) = &rule.lost else {
+            return Ok(Vec::new());
+        };
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let table = rule.quoted_table();
+        let col = quote_ident(&rule.id_column);
+        let status = quote_ident(&lost.status_column);
+        let created = quote_ident(&lost.created_column);
+        let cutoff = chrono::Utc::now()
+            - chrono::Duration::milliseconds((lost.lost_after_minutes * 60_000.0) as i64);
+        let mut scratch = Lookup::default();
+        let typed = self.typed(rule_idx, ids, &mut scratch);
+        match &self.pool {
+            Pool::Pg(pool) => {
+                let mut tx = pool.begin().await.map_err(|e| db_error(rule, e))?;
+                let sql = format!(
+                    "UPDATE {table} SET {status} = $1 WHERE {col} = ANY($2) \
+                     AND {status} = ANY($3) AND {created} < $4 RETURNING {col}::text"
+                );
+                let q = sqlx::query_scalar::<_, String>(&sql).bind(&lost.lost_status);
+                let q = match typed {
+                    Ids::Int(v) => q.bind(v),
+                    Ids::Uuid(v) => q.bind(v),
+                    Ids::Text(v) => q.bind(v),
+                };
+                let changed = q
+                    .bind(&lost.active_statuses)
+                    .bind(cutoff)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(|e| db_error(rule, e))?;
+                tx.commit().await.map_err(|e| db_error(rule, e))?;
+                Ok(changed)
+            }
+            Pool::Sqlite(pool) => {
+                let mut tx = pool.begin().await.map_err(|e| db_error(rule, e))?;
+                let mut changed = Vec::new();
+                let active = vec!["?"; lost.active_statuses.len()].join(", ");
+                for id in ids {
+                    let sql = format!(
+                        "UPDATE {table} SET {status} = ? WHERE {col} = ? AND {status} IN ({active}) \
+                         AND {created} < ?"
+                    );
+                    let mut q = sqlx::query(&sql).bind(lost.lost_status.clone());
+                    q = match self.kinds[rule_idx] {
+                        IdKind::Int => q.bind(id.parse::<i64>().unwrap_or_default()),
+                        _ => q.bind(id.clone()),
+                    };
+                    for s in &lost.active_statuses {
+                        q = q.bind(s.clone());
+                    }
+                    let done = q
+                        .bind(cutoff.format("%Y-%m-%d %H:%M:%S").to_string())
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| db_error(rule, e))?;
+                    if done.rows_affected() > 0 {
+                        changed.push(id.clone());
+                    }
+                }
+                tx.commit().await.map_err(|e| db_error(rule, e))?;
+                Ok(changed)
+            }
+        }
+    }
+}
+
+fn sql_string(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}

@@ -1,0 +1,166 @@
+//! Redis connections and the primitive, bounded operations the engine is built from: SCAN pages,
+//! pipelined reads, the janitor lock, kombu's `unacked_mutex`, and the Lua scripts in `../lua`.
+
+use std::time::Duration;
+
+use janitor_config::SecretUrl;
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncCommands, Script};
+
+use crate::error::{EngineError, Result};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// kombu's `unacked_mutex` expiry (`unacked_mutex_expire`, 300 s).
+const UNACKED_MUTEX_TTL_MS: u64 = 300_000;
+pub(crate) const LOCK_TTL_MS: u64 = 120_000;
+
+pub(crate) struct Scripts {
+    pub remove_list: Script,
+    pub remove_unacked: Script,
+    pub remove_results: Script,
+    pub restore: Script,
+    pub lock: Script,
+}
+
+impl Scripts {
+    pub fn load() -> Self {
+        Scripts {
+            remove_list: Script::new(include_str!("../lua/remove_list_entries.lua")),
+            remove_unacked: Script::new(include_str!("../lua/remove_unacked_entries.lua")),
+            remove_results: Script::new(include_str!("../lua/remove_results.lua")),
+            restore: Script::new(include_str!("../lua/restore_entry.lua")),
+            lock: Script::new(include_str!("../lua/lock.lua")),
+        }
+    }
+}
+
+/// One Redis server/database: the broker, the result backend, or both.
+#[derive(Clone)]
+pub(crate) struct RedisHandle {
+    pub con: MultiplexedConnection,
+    /// The database number, which Celery puts in its fanout channel names.
+    pub db: i64,
+}
+
+impl RedisHandle {
+    pub async fn connect(url: &SecretUrl) -> Result<Self> {
+        let unavailable = |message: String| EngineError::RedisUnavailable {
+            url: url.to_string(),
+            message,
+        };
+        let client = redis::Client::open(url.expose()).map_err(|e| unavailable(e.to_string()))?;
+        let db = client.get_connection_info().redis_settings().db();
+        let mut con = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            client.get_multiplexed_async_connection(),
+        )
+        .await
+        .map_err(|_| unavailable("timed out after 5 s".into()))?
+        .map_err(|e| unavailable(e.to_string()))?;
+        let _: String = redis::cmd("PING")
+            .query_async(&mut con)
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        Ok(RedisHandle { con, db })
+    }
+
+    /// One `SCAN` page.
+    pub async fn scan_page(&self, cursor: u64, pattern: &[u8], count: usize) -> Result<(u64, Vec<Vec<u8>>)> {
+        let mut con = self.con.clone();
+        Ok(redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut con)
+            .await?)
+    }
+
+    /// All keys matching `pattern`, by SCAN. Only for families that stay small (binding sets,
+    /// priority sub-lists of one queue).
+    pub async fn scan_all(&self, pattern: &[u8]) -> Result<Vec<Vec<u8>>> {
+        let mut out = Vec::new();
+        let mut cursor = 0;
+        loop {
+            let (next, keys) = self.scan_page(cursor, pattern, 1000).await?;
+            out.extend(keys);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// Types of several keys in one round trip.
+    pub async fn types(&self, keys: &[Vec<u8>]) -> Result<Vec<String>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for k in keys {
+            pipe.cmd("TYPE").arg(k);
+        }
+        let mut con = self.con.clone();
+        Ok(pipe.query_async(&mut con).await?)
+    }
+
+    /// Takes a lock with a random token (`SET NX PX`). Returns the token, or `None` if held.
+    pub async fn try_lock(&self, key: &[u8], ttl_ms: u64) -> Result<Option<String>> {
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let mut con = self.con.clone();
+        let ok: Option<String> = redis::cmd("SET")
+            .arg(key)
+            .arg(&token)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl_ms)
+            .query_async(&mut con)
+            .await?;
+        Ok(ok.map(|_| token))
+    }
+
+    /// Refreshes (`Some(ttl)`) or releases (`None`) a lock held with `token`.
+    pub async fn lock_cas(&self, scripts: &Scripts, key: &[u8], token: &str, refresh: Option<u64>) -> Result<bool> {
+        let mut con = self.con.clone();
+        let mut inv = scripts.lock.key(key);
+        inv.arg(token);
+        match refresh {
+            Some(ttl) => inv.arg(ttl),
+            None => inv.arg("release"),
+        };
+        let done: i64 = inv.invoke_async(&mut con).await?;
+        Ok(done == 1)
+    }
+
+    /// Takes kombu's `unacked_mutex` the way kombu does, retrying briefly while a worker's
+    /// restore sweep holds it. Returns `None` if it stayed held.
+    pub async fn take_unacked_mutex(&self, key: &[u8]) -> Result<Option<String>> {
+        for attempt in 0..50u64 {
+            if let Some(token) = self.try_lock(key, UNACKED_MUTEX_TTL_MS).await? {
+                return Ok(Some(token));
+            }
+            tokio::time::sleep(Duration::from_millis(20 + attempt * 4)).await;
+        }
+        Ok(None)
+    }
+
+    pub async fn info_fields(&self) -> Result<(Option<u64>, Option<u64>)> {
+        let mut con = self.con.clone();
+        let info: String = redis::cmd("INFO").query_async(&mut con).await?;
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(':')))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        Ok((field("used_memory"), field("connected_clients")))
+    }
+
+    pub async fn publish(&self, channel: &[u8], message: &[u8]) -> Result<i64> {
+        let mut con = self.con.clone();
+        Ok(con.publish(channel, message).await?)
+    }
+}

@@ -1,0 +1,274 @@
+//! The streaming scan: `unacked`, every queue list (with all priority sub-lists), and every
+//! result key, read in bounded pages (HSCAN/LRANGE/SCAN + pipelined MGET/PTTL), classified a page
+//! at a time with one owner lookup per rule per page. Memory holds one page, never the keyspace.
+
+use std::collections::{BTreeSet, HashMap};
+
+use crate::classify::{pre_classify, Entry, RawEntry, State};
+use crate::error::Result;
+use crate::janitor::Janitor;
+use crate::progress::Progress;
+
+const PAGE: usize = 500;
+
+/// Which locations a scan reads (all by default).
+#[derive(Debug, Clone)]
+pub struct ScanFilter {
+    pub queue: bool,
+    pub unacked: bool,
+    pub result: bool,
+}
+
+impl Default for ScanFilter {
+    fn default() -> Self {
+        ScanFilter {
+            queue: true,
+            unacked: true,
+            result: true,
+        }
+    }
+}
+
+impl Janitor {
+    pub(crate) async fn scan(&self, progress: &dyn Progress, sink: &mut (dyn FnMut(Entry) + Send)) -> Result<()> {
+        let routing_keys = self.scan_unacked(progress, sink).await?;
+        let queues = self.discover_queues(routing_keys).await?;
+        for queue in &queues {
+            self.scan_queue(queue, progress, sink).await?;
+        }
+        self.scan_results(progress, sink).await?;
+        Ok(())
+    }
+
+    /// Classifies a page: one owner lookup per rule, then hands every entry to `sink`.
+    async fn settle_page(&self, raws: Vec<RawEntry>, sink: &mut (dyn FnMut(Entry) + Send)) -> Result<()> {
+        let mut entries: Vec<Entry> = raws
+            .into_iter()
+            .map(|r| pre_classify(r, &self.settings.owners))
+            .collect();
+        self.settle(&mut entries).await?;
+        for e in entries {
+            sink(e);
+        }
+        Ok(())
+    }
+
+    /// Looks up the owner rows of pending entries (and re-checks settled orphans), batched per rule.
+    pub(crate) async fn settle(&self, entries: &mut [Entry]) -> Result<()> {
+        let mut by_rule: HashMap<usize, BTreeSet<String>> = HashMap::new();
+        for e in entries.iter() {
+            if let (Some(rule), Some(id)) = (e.owner_rule, &e.owner_id) {
+                if e.pending_owner().is_some() || e.state == State::Orphaned {
+                    by_rule.entry(rule).or_default().insert(id.clone());
+                }
+            }
+        }
+        for (rule_idx, ids) in by_rule {
+            let rule = &self.settings.owners.rules()[rule_idx];
+            let ids: Vec<String> = ids.into_iter().collect();
+            let lookup = self.db.lookup(rule_idx, rule, &ids).await?;
+            for e in entries.iter_mut() {
+                if e.owner_rule != Some(rule_idx) {
+                    continue;
+                }
+                let pending = e.pending_owner().is_some() || e.state == State::Orphaned;
+                let Some(id) = e.owner_id.clone().filter(|_| pending) else {
+                    continue;
+                };
+                if let Some(why) = lookup.invalid.get(&id) {
+                    e.state = State::Undecidable;
+                    e.reason = Some(why.clone());
+                } else {
+                    e.settle(lookup.existing.contains(&id));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn scan_unacked(&self, progress: &dyn Progress, sink: &mut (dyn FnMut(Entry) + Send)) -> Result<BTreeSet<String>> {
+        let key = self.broker_layout.unacked_key();
+        let mut con = self.broker.con.clone();
+        let mut routing_keys = BTreeSet::new();
+        if self.broker.types(std::slice::from_ref(&key)).await?[0] != "hash" {
+            return Ok(routing_keys);
+        }
+        let total: u64 = redis::cmd("HLEN").arg(&key).query_async(&mut con).await?;
+        progress.phase("unacked", Some(total));
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, flat): (u64, Vec<Vec<u8>>) = redis::cmd("HSCAN")
+                .arg(&key)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(PAGE)
+                .query_async(&mut con)
+                .await?;
+            let mut raws = Vec::with_capacity(flat.len() / 2);
+            let mut it = flat.into_iter();
+            while let (Some(field), Some(raw)) = (it.next(), it.next()) {
+                raws.push(RawEntry::Unacked {
+                    key: key.clone(),
+                    field,
+                    raw,
+                });
+            }
+            let n = raws.len() as u64;
+            self.settle_page(raws, &mut |e: Entry| {
+                if let Some(q) = &e.queue {
+                    routing_keys.insert(q.clone());
+                }
+                sink(e)
+            })
+            .await?;
+            progress.advance(n);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        Ok(routing_keys)
+    }
+
+    /// Queue names: from config, else kombu's binding sets plus routing keys seen in `unacked`
+    /// plus Celery's default `celery`.
+    async fn discover_queues(&self, routing_keys: BTreeSet<String>) -> Result<Vec<Vec<u8>>> {
+        if let Some(queues) = &self.settings.queues {
+            return Ok(queues.iter().map(|q| q.as_bytes().to_vec()).collect());
+        }
+        let mut names: BTreeSet<Vec<u8>> = routing_keys.into_iter().map(String::into_bytes).collect();
+        names.insert(b"celery".to_vec());
+        let layout = &self.broker_layout;
+        let tables = self.broker.scan_all(&layout.binding_scan_pattern()).await?;
+        let types = self.broker.types(&tables).await?;
+        let mut con = self.broker.con.clone();
+        for (table, ty) in tables.iter().zip(types) {
+            if ty != "set" {
+                continue;
+            }
+            let Some(exchange) = layout.binding_exchange(table) else {
+                continue;
+            };
+            let members: Vec<Vec<u8>> = redis::cmd("SMEMBERS").arg(table).query_async(&mut con).await?;
+            for m in members {
+                if let Some(b) = layout.parse_binding(&m) {
+                    if !janitor_wire::BrokerLayout::is_control_binding(exchange, &b) && !b.queue.is_empty() {
+                        names.insert(b.queue);
+                    }
+                }
+            }
+        }
+        Ok(names.into_iter().collect())
+    }
+
+    async fn scan_queue(&self, queue: &[u8], progress: &dyn Progress, sink: &mut (dyn FnMut(Entry) + Send)) -> Result<()> {
+        let layout = &self.broker_layout;
+        let mut keys: BTreeSet<Vec<u8>> = layout.queue_keys(queue).into_iter().collect();
+        // Custom priority_steps: pick up any `<queue>\x06\x16<n>` sub-list too.
+        for k in self.broker.scan_all(&layout.priority_scan_pattern(queue)).await? {
+            if layout.split_queue_key(&k).is_some_and(|(q, _)| q == queue) {
+                keys.insert(k);
+            }
+        }
+        let keys: Vec<Vec<u8>> = keys.into_iter().collect();
+        let types = self.broker.types(&keys).await?;
+        let name = String::from_utf8_lossy(queue).into_owned();
+        let mut con = self.broker.con.clone();
+        for (key, ty) in keys.iter().zip(types) {
+            if ty != "list" {
+                if ty != "none" {
+                    tracing::warn!(key = %String::from_utf8_lossy(key), r#type = %ty, "queue key is not a list; skipped");
+                }
+                continue;
+            }
+            let len: i64 = redis::cmd("LLEN").arg(key).query_async(&mut con).await?;
+            progress.phase(&format!("queue {}", crate::archive::printable(key)), Some(len as u64));
+            let mut start: i64 = 0;
+            loop {
+                let items: Vec<Vec<u8>> = redis::cmd("LRANGE")
+                    .arg(key)
+                    .arg(start)
+                    .arg(start + PAGE as i64 - 1)
+                    .query_async(&mut con)
+                    .await?;
+                if items.is_empty() {
+                    break;
+                }
+                let n = items.len();
+                let raws = items
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, raw)| RawEntry::Queue {
+                        key: key.clone(),
+                        queue: name.clone(),
+                        index: start + i as i64,
+                        raw,
+                    })
+                    .collect();
+                self.settle_page(raws, sink).await?;
+                progress.advance(n as u64);
+                if n < PAGE {
+                    break;
+                }
+                start += n as i64;
+            }
+        }
+        Ok(())
+    }
+
+    async fn scan_results(&self, progress: &dyn Progress, sink: &mut (dyn FnMut(Entry) + Send)) -> Result<()> {
+        progress.phase("results", None);
+        let pattern = self.backend_layout.task_meta_scan_pattern();
+        let mut con = self.backend.con.clone();
+        let mut cursor = 0;
+        loop {
+            let (next, keys) = self.backend.scan_page(cursor, &pattern, 1000).await?;
+            for page in keys.chunks(PAGE) {
+                let mut pipe = redis::pipe();
+                for k in page {
+                    pipe.cmd("TYPE").arg(k);
+                    pipe.cmd("PTTL").arg(k);
+                }
+                let meta: Vec<redis::Value> = pipe.query_async(&mut con).await?;
+                let strings: Vec<(&Vec<u8>, i64)> = page
+                    .iter()
+                    .zip(meta.chunks(2))
+                    .filter_map(|(k, tp)| {
+                        let ty: String = redis::from_redis_value_ref(&tp[0]).ok()?;
+                        let pttl: i64 = redis::from_redis_value_ref(&tp[1]).ok()?;
+                        (ty == "string").then_some((k, pttl))
+                    })
+                    .collect();
+                if strings.is_empty() {
+                    continue;
+                }
+                let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
+                    .arg(strings.iter().map(|(k, _)| k.as_slice()).collect::<Vec<_>>())
+                    .query_async(&mut con)
+                    .await?;
+                let mut raws = Vec::with_capacity(values.len());
+                for ((key, pttl), value) in strings.into_iter().zip(values) {
+                    let Some(raw) = value else { continue };
+                    let janitor_wire::BackendKey::TaskMeta { task_id } = self.backend_layout.classify(key) else {
+                        continue;
+                    };
+                    raws.push(RawEntry::Result {
+                        key: key.clone(),
+                        task_id: String::from_utf8_lossy(task_id).into_owned(),
+                        raw,
+                        pttl,
+                    });
+                }
+                let n = raws.len() as u64;
+                self.settle_page(raws, sink).await?;
+                progress.advance(n);
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        Ok(())
+    }
+}
+
