@@ -79,11 +79,14 @@ pub(crate) fn stream_meta(run_id: &str, e: &Entry, reason: &str) -> String {
     .to_string()
 }
 
+/// The open audit log, and the archive file of the current run (with its run id).
+type OpenFiles = (File, Option<(String, File)>);
+
 /// Appends JSON lines to the audit log and the run's archive file.
 pub struct AuditLog {
     audit_path: PathBuf,
     archive_dir: PathBuf,
-    files: Mutex<Option<(File, Option<(String, File)>)>>,
+    files: Mutex<Option<OpenFiles>>,
 }
 
 fn open_append(path: &Path) -> Result<File> {

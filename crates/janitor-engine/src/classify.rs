@@ -10,7 +10,9 @@ use janitor_wire::{Envelope, ResultValue, UnackedEntry};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize, PartialOrd, Ord,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Location {
     Queue,
@@ -142,16 +144,35 @@ impl Entry {
 
 /// What the scan read, before classification.
 pub(crate) enum RawEntry {
-    Queue { key: Vec<u8>, queue: String, index: i64, raw: Vec<u8> },
-    Unacked { key: Vec<u8>, field: Vec<u8>, raw: Vec<u8> },
-    Result { key: Vec<u8>, task_id: String, raw: Vec<u8>, pttl: i64 },
+    Queue {
+        key: Vec<u8>,
+        queue: String,
+        index: i64,
+        raw: Vec<u8>,
+    },
+    Unacked {
+        key: Vec<u8>,
+        field: Vec<u8>,
+        raw: Vec<u8>,
+    },
+    Result {
+        key: Vec<u8>,
+        task_id: String,
+        raw: Vec<u8>,
+        pttl: i64,
+    },
 }
 
 /// Reads the entry and applies the owner rules. The returned entry is settled (unowned or
 /// undecidable) unless [`Entry::pending_owner`] names a row to look up.
 pub(crate) fn pre_classify(raw: RawEntry, owners: &Owners) -> Entry {
     match raw {
-        RawEntry::Queue { key, queue, index, raw } => {
+        RawEntry::Queue {
+            key,
+            queue,
+            index,
+            raw,
+        } => {
             let mut e = Entry::new(Location::Queue, key, raw);
             e.queue = Some(queue);
             e.index = Some(index);
@@ -171,7 +192,12 @@ pub(crate) fn pre_classify(raw: RawEntry, owners: &Owners) -> Entry {
                 Err(err) => e.undecidable(format!("not a kombu unacked entry: {err}")),
             }
         }
-        RawEntry::Result { key, task_id, raw, pttl } => {
+        RawEntry::Result {
+            key,
+            task_id,
+            raw,
+            pttl,
+        } => {
             let mut e = Entry::new(Location::Result, key, raw);
             e.task_id = Some(task_id);
             e.pttl = Some(pttl);
@@ -206,10 +232,7 @@ fn classify_message(mut e: Entry, env: &Envelope, owners: &Owners) -> Entry {
             return e;
         }
         OwnerMatch::Ambiguous(a, b) => {
-            return e.undecidable(format!(
-                "task matches owners {} and {}",
-                a.table, b.table
-            ))
+            return e.undecidable(format!("task matches owners {} and {}", a.table, b.table))
         }
         OwnerMatch::One(rule) => rule_index(owners, rule),
     };
@@ -217,7 +240,10 @@ fn classify_message(mut e: Entry, env: &Envelope, owners: &Owners) -> Entry {
     e.owner_table = Some(rule.table.clone());
     e.owner_rule = Some(rule_idx);
     let id = match &rule.id_from {
-        IdSource::TaskId => e.task_id.clone().ok_or_else(|| "message has no task id".to_owned()),
+        IdSource::TaskId => e
+            .task_id
+            .clone()
+            .ok_or_else(|| "message has no task id".to_owned()),
         source => match &call {
             Ok(c) => id_from_call(source, &c.args, &c.kwargs),
             Err(err) => Err(format!("arguments unreadable: {err}")),
@@ -298,7 +324,11 @@ fn rule_index(owners: &Owners, rule: &janitor_config::OwnerRule) -> usize {
         .expect("rule comes from this Owners")
 }
 
-fn id_from_call(source: &IdSource, args: &[Value], kwargs: &Map<String, Value>) -> Result<String, String> {
+fn id_from_call(
+    source: &IdSource,
+    args: &[Value],
+    kwargs: &Map<String, Value>,
+) -> Result<String, String> {
     let value = match source {
         IdSource::Arg(n) => args
             .get(*n)
@@ -384,6 +414,9 @@ mod tests {
         };
         assert_eq!(pre_classify(r(), &owners(RULE)).state, State::Unowned);
         let claimed = RULE.replace("arg:0", "task_id") + "claim_unnamed_results = true\n";
-        assert_eq!(pre_classify(r(), &owners(&claimed)).pending_owner(), Some((0, "t9")));
+        assert_eq!(
+            pre_classify(r(), &owners(&claimed)).pending_owner(),
+            Some((0, "t9"))
+        );
     }
 }

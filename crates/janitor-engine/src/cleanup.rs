@@ -121,17 +121,29 @@ struct Locks {
 }
 
 impl Janitor {
-    pub async fn cleanup_orphans(&self, opts: &CleanupOptions, progress: &dyn Progress) -> Result<CleanupReport> {
+    pub async fn cleanup_orphans(
+        &self,
+        opts: &CleanupOptions,
+        progress: &dyn Progress,
+    ) -> Result<CleanupReport> {
         Ok(self.run_cleanup(opts, false, progress).await?.orphans)
     }
 
-    pub async fn full_cleanup(&self, opts: &CleanupOptions, progress: &dyn Progress) -> Result<FullCleanupReport> {
+    pub async fn full_cleanup(
+        &self,
+        opts: &CleanupOptions,
+        progress: &dyn Progress,
+    ) -> Result<FullCleanupReport> {
         self.run_cleanup(opts, true, progress).await
     }
 
     fn new_run_id() -> String {
         let id = uuid::Uuid::new_v4().simple().to_string();
-        format!("{}-{}", chrono::Utc::now().format("%Y%m%dT%H%M%SZ"), &id[..8])
+        format!(
+            "{}-{}",
+            chrono::Utc::now().format("%Y%m%dT%H%M%SZ"),
+            &id[..8]
+        )
     }
 
     async fn take_locks(&self) -> Result<Locks> {
@@ -158,7 +170,10 @@ impl Janitor {
 
     async fn refresh_locks(&self, locks: &Locks) -> Result<()> {
         for (h, key, token) in &locks.held {
-            if !h.lock_cas(&self.scripts, key, token, Some(LOCK_TTL_MS)).await? {
+            if !h
+                .lock_cas(&self.scripts, key, token, Some(LOCK_TTL_MS))
+                .await?
+            {
                 return Err(EngineError::Other(
                     "the janitor lock expired during the run; stopped before changing anything else".into(),
                 ));
@@ -180,10 +195,21 @@ impl Janitor {
         &locks.held[i].2
     }
 
-    async fn run_cleanup(&self, opts: &CleanupOptions, full: bool, progress: &dyn Progress) -> Result<FullCleanupReport> {
+    async fn run_cleanup(
+        &self,
+        opts: &CleanupOptions,
+        full: bool,
+        progress: &dyn Progress,
+    ) -> Result<FullCleanupReport> {
         let run_id = Self::new_run_id();
-        let locks = if opts.dry_run { None } else { Some(self.take_locks().await?) };
-        let outcome = self.run_locked(&run_id, opts, full, locks.as_ref(), progress).await;
+        let locks = if opts.dry_run {
+            None
+        } else {
+            Some(self.take_locks().await?)
+        };
+        let outcome = self
+            .run_locked(&run_id, opts, full, locks.as_ref(), progress)
+            .await;
         if let Some(locks) = locks {
             self.release_locks(locks).await;
         }
@@ -211,7 +237,8 @@ impl Janitor {
         let s = &self.settings;
         let grace = opts.grace_seconds.unwrap_or(s.grace_seconds);
         let max_age_hours = opts.max_age_hours.unwrap_or(s.max_age_hours);
-        let cutoff = chrono::Utc::now() - chrono::Duration::milliseconds((max_age_hours * 3_600_000.0) as i64);
+        let cutoff = chrono::Utc::now()
+            - chrono::Duration::milliseconds((max_age_hours * 3_600_000.0) as i64);
 
         // Lost-row candidates are read before the scan, so any work the scan sees for them
         // (queued, unacked, STARTED/RETRY) clears them.
@@ -301,8 +328,9 @@ impl Janitor {
         for chunk in orphans.chunks_mut(1000) {
             self.settle(chunk).await?;
         }
-        let (confirmed, revived): (Vec<Entry>, Vec<Entry>) =
-            orphans.into_iter().partition(|e| e.state == State::Orphaned);
+        let (confirmed, revived): (Vec<Entry>, Vec<Entry>) = orphans
+            .into_iter()
+            .partition(|e| e.state == State::Orphaned);
         report.orphans.skipped.revived = revived.len() as u64;
 
         match locks {
@@ -315,8 +343,15 @@ impl Janitor {
                     expired.iter().filter(|e| e.pttl == Some(-1)).count() as u64;
             }
             Some(locks) => {
-                self.remove_entries(run_id, "orphaned", confirmed, locks, &mut report.orphans, progress)
-                    .await?;
+                self.remove_entries(
+                    run_id,
+                    "orphaned",
+                    confirmed,
+                    locks,
+                    &mut report.orphans,
+                    progress,
+                )
+                .await?;
                 if full {
                     let without_ttl = expired.iter().filter(|e| e.pttl == Some(-1)).count() as u64;
                     let mut sub = CleanupReport::default();
@@ -334,7 +369,10 @@ impl Janitor {
             for (rule_idx, candidates, unsafe_reason) in lost {
                 let rule = &s.owners.rules()[rule_idx];
                 if let Some(why) = unsafe_reason {
-                    report.lost_rows.skipped_tables.insert(rule.table.clone(), why);
+                    report
+                        .lost_rows
+                        .skipped_tables
+                        .insert(rule.table.clone(), why);
                     continue;
                 }
                 let mut ids: Vec<String> = candidates.into_iter().collect();
@@ -355,7 +393,11 @@ impl Janitor {
                     changed
                 };
                 report.lost_rows.marked += marked.len() as u64;
-                *report.lost_rows.by_table.entry(rule.table.clone()).or_default() += marked.len() as u64;
+                *report
+                    .lost_rows
+                    .by_table
+                    .entry(rule.table.clone())
+                    .or_default() += marked.len() as u64;
             }
         }
         Ok(report)
@@ -374,7 +416,10 @@ impl Janitor {
         if entries.is_empty() {
             return Ok(());
         }
-        progress.phase(&format!("removing {reason} entries"), Some(entries.len() as u64));
+        progress.phase(
+            &format!("removing {reason} entries"),
+            Some(entries.len() as u64),
+        );
         let mut lists: BTreeMap<Vec<u8>, Vec<Entry>> = BTreeMap::new();
         let mut unacked = Vec::new();
         let mut results = Vec::new();
@@ -387,17 +432,21 @@ impl Janitor {
         }
         for (key, mut list) in lists {
             list.sort_by_key(|e| e.index.unwrap_or(0));
-            self.remove_from_list(run_id, reason, &key, list, locks, report, progress).await?;
+            self.remove_from_list(run_id, reason, &key, list, locks, report, progress)
+                .await?;
         }
         if !unacked.is_empty() {
-            let revoked = self.remove_unacked(run_id, reason, unacked, locks, report, progress).await?;
+            let revoked = self
+                .remove_unacked(run_id, reason, unacked, locks, report, progress)
+                .await?;
             if !revoked.is_empty() {
                 report.revoke = Some(self.broadcast_revoke(&revoked).await?);
             }
         }
         for batch in results.chunks(BATCH) {
             self.refresh_locks(locks).await?;
-            self.remove_results(run_id, reason, batch, locks, report).await?;
+            self.remove_results(run_id, reason, batch, locks, report)
+                .await?;
             progress.advance(batch.len() as u64);
         }
         self.audit.sync()?;
@@ -447,7 +496,8 @@ impl Janitor {
                         removed_before += 1;
                         report.removed.add(Location::Queue, 1);
                         report.archived += 1;
-                        records.push(self.record(run_id, "broker", e, archive_id, reason, None, None));
+                        records
+                            .push(self.record(run_id, "broker", e, archive_id, reason, None, None));
                     }
                     None => report.skipped.changed += 1,
                 }
@@ -468,7 +518,11 @@ impl Janitor {
         progress: &dyn Progress,
     ) -> Result<Vec<String>> {
         let layout = &self.broker_layout;
-        let (hash, index, mutex) = (layout.unacked_key(), layout.unacked_index_key(), layout.unacked_mutex_key());
+        let (hash, index, mutex) = (
+            layout.unacked_key(),
+            layout.unacked_index_key(),
+            layout.unacked_mutex_key(),
+        );
         let archive = self.own_key("archive");
         let lock_key = self.own_key("lock");
         let mut revoked = Vec::new();
@@ -476,26 +530,37 @@ impl Janitor {
         for batch in entries.chunks(BATCH) {
             self.refresh_locks(locks).await?;
             let Some(mutex_token) = self.broker.take_unacked_mutex(&mutex).await? else {
-                tracing::warn!("unacked_mutex stayed held by a worker's restore sweep; entries skipped");
+                tracing::warn!(
+                    "unacked_mutex stayed held by a worker's restore sweep; entries skipped"
+                );
                 report.skipped.busy += batch.len() as u64;
                 continue;
             };
             let mut inv = self.scripts.remove_unacked.key(&hash);
             inv.key(&index).key(&mutex).key(&archive).key(&lock_key);
-            inv.arg(self.lock_token(locks, false)).arg(&mutex_token).arg(ARCHIVE_MAXLEN);
+            inv.arg(self.lock_token(locks, false))
+                .arg(&mutex_token)
+                .arg(ARCHIVE_MAXLEN);
             for e in batch {
                 inv.arg(e.field.as_deref().unwrap_or_default())
                     .arg(&e.raw)
                     .arg(stream_meta(run_id, e, reason));
             }
-            let reply: Result<Vec<redis::Value>> = inv.invoke_async(&mut con).await.map_err(Into::into);
+            let reply: Result<Vec<redis::Value>> =
+                inv.invoke_async(&mut con).await.map_err(Into::into);
             // Release kombu's mutex whatever happened, by compare-and-delete.
-            self.broker.lock_cas(&self.scripts, &mutex, &mutex_token, None).await?;
+            self.broker
+                .lock_cas(&self.scripts, &mutex, &mutex_token, None)
+                .await?;
             let reply = reply?;
             let mut records = Vec::new();
             for (e, pair) in batch.iter().zip(reply.chunks(2)) {
-                let id = redis::from_redis_value_ref::<Option<String>>(&pair[0]).ok().flatten();
-                let score = redis::from_redis_value_ref::<String>(&pair[1]).ok().filter(|s| !s.is_empty());
+                let id = redis::from_redis_value_ref::<Option<String>>(&pair[0])
+                    .ok()
+                    .flatten();
+                let score = redis::from_redis_value_ref::<String>(&pair[1])
+                    .ok()
+                    .filter(|s| !s.is_empty());
                 match id {
                     Some(archive_id) => {
                         report.removed.add(Location::Unacked, 1);
@@ -503,7 +568,9 @@ impl Janitor {
                         if let Some(t) = &e.task_id {
                             revoked.push(t.clone());
                         }
-                        records.push(self.record(run_id, "broker", e, archive_id, reason, score, None));
+                        records.push(
+                            self.record(run_id, "broker", e, archive_id, reason, score, None),
+                        );
                     }
                     None => report.skipped.changed += 1,
                 }
@@ -539,7 +606,9 @@ impl Janitor {
         let reply: Vec<redis::Value> = inv.invoke_async(&mut con).await?;
         let mut records = Vec::new();
         for (e, pair) in batch.iter().zip(reply.chunks(2)) {
-            let id = redis::from_redis_value_ref::<Option<String>>(&pair[0]).ok().flatten();
+            let id = redis::from_redis_value_ref::<Option<String>>(&pair[0])
+                .ok()
+                .flatten();
             let pttl = redis::from_redis_value_ref::<i64>(&pair[1]).ok();
             match id {
                 Some(archive_id) => {
@@ -639,4 +708,3 @@ impl Janitor {
         })
     }
 }
-

@@ -79,7 +79,10 @@ impl TaskCounts {
             State::Live => self.live += 1,
             State::Orphaned => {
                 self.orphaned += 1;
-                *self.orphaned_by_location.entry(e.location.as_str()).or_default() += 1;
+                *self
+                    .orphaned_by_location
+                    .entry(e.location.as_str())
+                    .or_default() += 1;
             }
             State::Unowned => self.unowned += 1,
             State::Undecidable => {
@@ -104,7 +107,10 @@ impl Janitor {
         } else {
             RedisHandle::connect(&settings.backend_url).await?
         };
-        let db_url = settings.database_url.as_ref().ok_or(EngineError::NoDatabase)?;
+        let db_url = settings
+            .database_url
+            .as_ref()
+            .ok_or(EngineError::NoDatabase)?;
         let db = OwnerDb::connect(db_url, settings.owners.rules()).await?;
         let broker_layout = BrokerLayout {
             prefix: settings.broker_prefix.clone(),
@@ -173,7 +179,11 @@ impl Janitor {
     }
 
     /// Every classified entry, streamed to `sink` in scan order.
-    pub async fn entries(&self, progress: &dyn Progress, sink: &mut (dyn FnMut(Entry) + Send)) -> Result<()> {
+    pub async fn entries(
+        &self,
+        progress: &dyn Progress,
+        sink: &mut (dyn FnMut(Entry) + Send),
+    ) -> Result<()> {
         self.scan(progress, sink).await?;
         progress.finish();
         Ok(())

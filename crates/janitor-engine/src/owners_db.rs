@@ -111,7 +111,10 @@ impl OwnerDb {
                 row.map(|r| r.get::<String, _>(0))
             }
             Pool::Sqlite(pool) => {
-                let sql = format!("SELECT type FROM pragma_table_info({}) WHERE name = ?", sql_string(table));
+                let sql = format!(
+                    "SELECT type FROM pragma_table_info({}) WHERE name = ?",
+                    sql_string(table)
+                );
                 let row = sqlx::query(&sql)
                     .bind(&rule.id_column)
                     .fetch_optional(pool)
@@ -161,9 +164,10 @@ impl OwnerDb {
                     match uuid::Uuid::parse_str(id) {
                         Ok(u) if u.hyphenated().to_string() == *id => v.push(u),
                         _ => {
-                            lookup
-                                .invalid
-                                .insert(id.clone(), format!("owner id {id:?} is not a canonical uuid"));
+                            lookup.invalid.insert(
+                                id.clone(),
+                                format!("owner id {id:?} is not a canonical uuid"),
+                            );
                         }
                     }
                 }
@@ -174,7 +178,12 @@ impl OwnerDb {
     }
 
     /// Which of `ids` exist in the rule's table. One query per call (per 500 ids on SQLite).
-    pub async fn lookup(&self, rule_idx: usize, rule: &OwnerRule, ids: &[String]) -> Result<Lookup> {
+    pub async fn lookup(
+        &self,
+        rule_idx: usize,
+        rule: &OwnerRule,
+        ids: &[String],
+    ) -> Result<Lookup> {
         let mut lookup = Lookup::default();
         let typed = self.typed(rule_idx, ids, &mut lookup);
         let table = rule.quoted_table();
@@ -199,7 +208,8 @@ impl OwnerDb {
                 };
                 for chunk in values.chunks(500) {
                     let marks = vec!["?"; chunk.len()].join(", ");
-                    let sql = format!("SELECT CAST({col} AS TEXT) FROM {table} WHERE {col} IN ({marks})");
+                    let sql =
+                        format!("SELECT CAST({col} AS TEXT) FROM {table} WHERE {col} IN ({marks})");
                     let mut q = sqlx::query_scalar::<_, String>(&sql);
                     for v in chunk {
                         q = match self.kinds[rule_idx] {
@@ -267,7 +277,12 @@ impl OwnerDb {
 
     /// Sets `lost_status` on the given rows, in one transaction, only where they are still active
     /// and old enough. Returns the ids actually changed.
-    pub async fn mark_lost(&self, rule_idx: usize, rule: &OwnerRule, ids: &[String]) -> Result<Vec<String>> {
+    pub async fn mark_lost(
+        &self,
+        rule_idx: usize,
+        rule: &OwnerRule,
+        ids: &[String],
+    ) -> Result<Vec<String>> {
         let Some(lost) = &rule.lost else {
             return Ok(Vec::new());
         };

@@ -50,13 +50,11 @@ impl RedisHandle {
         };
         let client = redis::Client::open(url.expose()).map_err(|e| unavailable(e.to_string()))?;
         let db = client.get_connection_info().redis_settings().db();
-        let mut con = tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            client.get_multiplexed_async_connection(),
-        )
-        .await
-        .map_err(|_| unavailable("timed out after 5 s".into()))?
-        .map_err(|e| unavailable(e.to_string()))?;
+        let mut con =
+            tokio::time::timeout(CONNECT_TIMEOUT, client.get_multiplexed_async_connection())
+                .await
+                .map_err(|_| unavailable("timed out after 5 s".into()))?
+                .map_err(|e| unavailable(e.to_string()))?;
         let _: String = redis::cmd("PING")
             .query_async(&mut con)
             .await
@@ -65,7 +63,12 @@ impl RedisHandle {
     }
 
     /// One `SCAN` page.
-    pub async fn scan_page(&self, cursor: u64, pattern: &[u8], count: usize) -> Result<(u64, Vec<Vec<u8>>)> {
+    pub async fn scan_page(
+        &self,
+        cursor: u64,
+        pattern: &[u8],
+        count: usize,
+    ) -> Result<(u64, Vec<Vec<u8>>)> {
         let mut con = self.con.clone();
         Ok(redis::cmd("SCAN")
             .arg(cursor)
@@ -124,7 +127,13 @@ impl RedisHandle {
     }
 
     /// Refreshes (`Some(ttl)`) or releases (`None`) a lock held with `token`.
-    pub async fn lock_cas(&self, scripts: &Scripts, key: &[u8], token: &str, refresh: Option<u64>) -> Result<bool> {
+    pub async fn lock_cas(
+        &self,
+        scripts: &Scripts,
+        key: &[u8],
+        token: &str,
+        refresh: Option<u64>,
+    ) -> Result<bool> {
         let mut con = self.con.clone();
         let mut inv = scripts.lock.key(key);
         inv.arg(token);

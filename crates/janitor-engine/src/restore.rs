@@ -54,12 +54,19 @@ struct Archived {
     task_id: Option<String>,
 }
 
+/// One XRANGE entry: its id and field/value pairs.
+type StreamEntry = (String, Vec<(String, Vec<u8>)>);
+
 fn field<'a>(map: &'a BTreeMap<String, Vec<u8>>, k: &str) -> &'a [u8] {
     map.get(k).map(Vec::as_slice).unwrap_or_default()
 }
 
 impl Janitor {
-    pub async fn restore(&self, opts: &RestoreOptions, progress: &dyn Progress) -> Result<RestoreReport> {
+    pub async fn restore(
+        &self,
+        opts: &RestoreOptions,
+        progress: &dyn Progress,
+    ) -> Result<RestoreReport> {
         let mut entries = match &opts.from_file {
             Some(path) => self.archived_from_file(path)?,
             None => self.archived_from_streams().await?,
@@ -67,12 +74,16 @@ impl Janitor {
         let run_id = if opts.all {
             None
         } else {
-            opts.run_id.clone().or_else(|| entries.iter().filter_map(|e| e.run_id.clone()).max())
+            opts.run_id
+                .clone()
+                .or_else(|| entries.iter().filter_map(|e| e.run_id.clone()).max())
         };
         entries.retain(|e| {
             run_id.as_ref().is_none_or(|r| e.run_id.as_ref() == Some(r))
                 && (opts.task_ids.is_empty()
-                    || e.task_id.as_ref().is_some_and(|t| opts.task_ids.contains(t)))
+                    || e.task_id
+                        .as_ref()
+                        .is_some_and(|t| opts.task_ids.contains(t)))
         });
         let mut report = RestoreReport {
             run_id: run_id.clone(),
@@ -90,13 +101,19 @@ impl Janitor {
                 *report.restored.entry(e.location.as_str()).or_default() += 1;
                 continue;
             }
-            let handle: &RedisHandle = if e.backend { &self.backend } else { &self.broker };
-            let mut inv = self.scripts.restore.key(&archive);
-            inv.key(&restored_set).key(&e.key).key(if e.index_key.is_empty() {
-                &e.key
+            let handle: &RedisHandle = if e.backend {
+                &self.backend
             } else {
-                &e.index_key
-            });
+                &self.broker
+            };
+            let mut inv = self.scripts.restore.key(&archive);
+            inv.key(&restored_set)
+                .key(&e.key)
+                .key(if e.index_key.is_empty() {
+                    &e.key
+                } else {
+                    &e.index_key
+                });
             inv.arg(&e.id)
                 .arg(e.location.as_str())
                 .arg(&e.value)
@@ -137,7 +154,7 @@ impl Janitor {
             let mut con = h.con.clone();
             let mut start = "-".to_string();
             loop {
-                let page: Vec<(String, Vec<(String, Vec<u8>)>)> = redis::cmd("XRANGE")
+                let page: Vec<StreamEntry> = redis::cmd("XRANGE")
                     .arg(&key)
                     .arg(&start)
                     .arg("+")
@@ -145,7 +162,9 @@ impl Janitor {
                     .arg(500)
                     .query_async(&mut con)
                     .await
-                    .map_err(|e| EngineError::Other(format!("cannot read the archive stream: {e}")))?;
+                    .map_err(|e| {
+                        EngineError::Other(format!("cannot read the archive stream: {e}"))
+                    })?;
                 let n = page.len();
                 for (id, fields) in page {
                     start = format!("({id}");
@@ -171,8 +190,14 @@ impl Janitor {
                             .ok()
                             .and_then(|p| p.parse().ok())
                             .unwrap_or(-1),
-                        run_id: meta.get("run_id").and_then(|v| v.as_str()).map(str::to_owned),
-                        task_id: meta.get("task_id").and_then(|v| v.as_str()).map(str::to_owned),
+                        run_id: meta
+                            .get("run_id")
+                            .and_then(|v| v.as_str())
+                            .map(str::to_owned),
+                        task_id: meta
+                            .get("task_id")
+                            .and_then(|v| v.as_str())
+                            .map(str::to_owned),
                     });
                 }
                 if n < 500 {
@@ -193,8 +218,18 @@ impl Janitor {
                     location: r.location,
                     key: unb64(&r.key_b64)?,
                     value: unb64(&r.value_b64)?,
-                    field: r.field_b64.as_deref().map(unb64).transpose()?.unwrap_or_default(),
-                    index_key: r.index_key_b64.as_deref().map(unb64).transpose()?.unwrap_or_default(),
+                    field: r
+                        .field_b64
+                        .as_deref()
+                        .map(unb64)
+                        .transpose()?
+                        .unwrap_or_default(),
+                    index_key: r
+                        .index_key_b64
+                        .as_deref()
+                        .map(unb64)
+                        .transpose()?
+                        .unwrap_or_default(),
                     score: r.score.unwrap_or_default(),
                     pttl: r.pttl.unwrap_or(-1),
                     run_id: Some(r.run_id),

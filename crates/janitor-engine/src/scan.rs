@@ -30,7 +30,11 @@ impl Default for ScanFilter {
 }
 
 impl Janitor {
-    pub(crate) async fn scan(&self, progress: &dyn Progress, sink: &mut (dyn FnMut(Entry) + Send)) -> Result<()> {
+    pub(crate) async fn scan(
+        &self,
+        progress: &dyn Progress,
+        sink: &mut (dyn FnMut(Entry) + Send),
+    ) -> Result<()> {
         let routing_keys = self.scan_unacked(progress, sink).await?;
         let queues = self.discover_queues(routing_keys).await?;
         for queue in &queues {
@@ -41,7 +45,11 @@ impl Janitor {
     }
 
     /// Classifies a page: one owner lookup per rule, then hands every entry to `sink`.
-    async fn settle_page(&self, raws: Vec<RawEntry>, sink: &mut (dyn FnMut(Entry) + Send)) -> Result<()> {
+    async fn settle_page(
+        &self,
+        raws: Vec<RawEntry>,
+        sink: &mut (dyn FnMut(Entry) + Send),
+    ) -> Result<()> {
         let mut entries: Vec<Entry> = raws
             .into_iter()
             .map(|r| pre_classify(r, &self.settings.owners))
@@ -86,7 +94,11 @@ impl Janitor {
         Ok(())
     }
 
-    async fn scan_unacked(&self, progress: &dyn Progress, sink: &mut (dyn FnMut(Entry) + Send)) -> Result<BTreeSet<String>> {
+    async fn scan_unacked(
+        &self,
+        progress: &dyn Progress,
+        sink: &mut (dyn FnMut(Entry) + Send),
+    ) -> Result<BTreeSet<String>> {
         let key = self.broker_layout.unacked_key();
         let mut con = self.broker.con.clone();
         let mut routing_keys = BTreeSet::new();
@@ -136,7 +148,8 @@ impl Janitor {
         if let Some(queues) = &self.settings.queues {
             return Ok(queues.iter().map(|q| q.as_bytes().to_vec()).collect());
         }
-        let mut names: BTreeSet<Vec<u8>> = routing_keys.into_iter().map(String::into_bytes).collect();
+        let mut names: BTreeSet<Vec<u8>> =
+            routing_keys.into_iter().map(String::into_bytes).collect();
         names.insert(b"celery".to_vec());
         let layout = &self.broker_layout;
         let tables = self.broker.scan_all(&layout.binding_scan_pattern()).await?;
@@ -149,10 +162,15 @@ impl Janitor {
             let Some(exchange) = layout.binding_exchange(table) else {
                 continue;
             };
-            let members: Vec<Vec<u8>> = redis::cmd("SMEMBERS").arg(table).query_async(&mut con).await?;
+            let members: Vec<Vec<u8>> = redis::cmd("SMEMBERS")
+                .arg(table)
+                .query_async(&mut con)
+                .await?;
             for m in members {
                 if let Some(b) = layout.parse_binding(&m) {
-                    if !janitor_wire::BrokerLayout::is_control_binding(exchange, &b) && !b.queue.is_empty() {
+                    if !janitor_wire::BrokerLayout::is_control_binding(exchange, &b)
+                        && !b.queue.is_empty()
+                    {
                         names.insert(b.queue);
                     }
                 }
@@ -161,11 +179,20 @@ impl Janitor {
         Ok(names.into_iter().collect())
     }
 
-    async fn scan_queue(&self, queue: &[u8], progress: &dyn Progress, sink: &mut (dyn FnMut(Entry) + Send)) -> Result<()> {
+    async fn scan_queue(
+        &self,
+        queue: &[u8],
+        progress: &dyn Progress,
+        sink: &mut (dyn FnMut(Entry) + Send),
+    ) -> Result<()> {
         let layout = &self.broker_layout;
         let mut keys: BTreeSet<Vec<u8>> = layout.queue_keys(queue).into_iter().collect();
         // Custom priority_steps: pick up any `<queue>\x06\x16<n>` sub-list too.
-        for k in self.broker.scan_all(&layout.priority_scan_pattern(queue)).await? {
+        for k in self
+            .broker
+            .scan_all(&layout.priority_scan_pattern(queue))
+            .await?
+        {
             if layout.split_queue_key(&k).is_some_and(|(q, _)| q == queue) {
                 keys.insert(k);
             }
@@ -182,7 +209,10 @@ impl Janitor {
                 continue;
             }
             let len: i64 = redis::cmd("LLEN").arg(key).query_async(&mut con).await?;
-            progress.phase(&format!("queue {}", crate::archive::printable(key)), Some(len as u64));
+            progress.phase(
+                &format!("queue {}", crate::archive::printable(key)),
+                Some(len as u64),
+            );
             let mut start: i64 = 0;
             loop {
                 let items: Vec<Vec<u8>> = redis::cmd("LRANGE")
@@ -216,7 +246,11 @@ impl Janitor {
         Ok(())
     }
 
-    async fn scan_results(&self, progress: &dyn Progress, sink: &mut (dyn FnMut(Entry) + Send)) -> Result<()> {
+    async fn scan_results(
+        &self,
+        progress: &dyn Progress,
+        sink: &mut (dyn FnMut(Entry) + Send),
+    ) -> Result<()> {
         progress.phase("results", None);
         let pattern = self.backend_layout.task_meta_scan_pattern();
         let mut con = self.backend.con.clone();
@@ -243,13 +277,20 @@ impl Janitor {
                     continue;
                 }
                 let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
-                    .arg(strings.iter().map(|(k, _)| k.as_slice()).collect::<Vec<_>>())
+                    .arg(
+                        strings
+                            .iter()
+                            .map(|(k, _)| k.as_slice())
+                            .collect::<Vec<_>>(),
+                    )
                     .query_async(&mut con)
                     .await?;
                 let mut raws = Vec::with_capacity(values.len());
                 for ((key, pttl), value) in strings.into_iter().zip(values) {
                     let Some(raw) = value else { continue };
-                    let janitor_wire::BackendKey::TaskMeta { task_id } = self.backend_layout.classify(key) else {
+                    let janitor_wire::BackendKey::TaskMeta { task_id } =
+                        self.backend_layout.classify(key)
+                    else {
                         continue;
                     };
                     raws.push(RawEntry::Result {
@@ -271,4 +312,3 @@ impl Janitor {
         Ok(())
     }
 }
-

@@ -209,12 +209,21 @@ pub(crate) fn call_from_v2(value: Value) -> Result<TaskCall, BodyError> {
 }
 
 /// Protocol 1: the body is a dict with `task`, `id`, `args`, `kwargs`, ….
+///
+/// A mapping without a `task` name is not a task body: remote-control envelopes (`{"method":
+/// "revoke", …}`) and control replies (`{"<hostname>": {"ok": "pong"}}`) look like protocol 1
+/// from their headers, and must not come out as a task called with no arguments.
 pub(crate) fn call_from_v1(value: Value) -> Result<TaskCall, BodyError> {
     let Value::Object(mut map) = value else {
         return Err(BodyError::Malformed(
             "protocol 1 body is not a mapping".into(),
         ));
     };
+    if !map.get("task").is_some_and(Value::is_string) {
+        return Err(BodyError::Malformed(
+            "protocol 1 body has no task name: not a task message".into(),
+        ));
+    }
     let args = match map.remove("args") {
         Some(Value::Array(a)) => a,
         None | Some(Value::Null) => Vec::new(),
@@ -252,6 +261,14 @@ mod tests {
         assert!(err.is_err());
         let ok = deserialize(Some("application/x-yaml"), b"- - 2\n  - 3\n- {}\n").unwrap();
         assert_eq!(ok, serde_json::json!([[2, 3], {}]));
+    }
+
+    #[test]
+    fn protocol1_bodies_need_a_task_name() {
+        let call = call_from_v1(serde_json::json!({"task": "app.add", "id": "x", "args": [2, 3]}));
+        assert_eq!(call.unwrap().name.as_deref(), Some("app.add"));
+        let pong = call_from_v1(serde_json::json!({"w4@vm": {"ok": "pong"}}));
+        assert!(matches!(pong, Err(BodyError::Malformed(_))));
     }
 
     #[test]

@@ -11,6 +11,10 @@ use crate::body::{self, BodyError, TaskCall};
 use crate::WireError;
 
 /// Celery task message protocol.
+///
+/// Anything without the protocol-2 headers reads as [`Protocol::V1`], including kombu envelopes
+/// that carry no task at all (remote-control broadcasts, control replies, events): check
+/// [`Envelope::is_task`] before treating one as a task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
@@ -111,6 +115,13 @@ impl Envelope {
         })
     }
 
+    /// Whether this envelope carries a Celery task: protocol-2 headers, or a protocol-1
+    /// `correlation_id`. Remote-control broadcasts (`celery.pidbox`), control replies and events
+    /// (`celeryev`) have neither; they are kombu messages with no task in them.
+    pub fn is_task(&self) -> bool {
+        self.protocol == Protocol::V2 || self.task_id.is_some()
+    }
+
     /// Decodes the task call (`args`, `kwargs`, and for protocol 1 the name) with safe loaders
     /// only. Pickle and unknown content types are reported as [`BodyError::Unsafe`] /
     /// [`BodyError::Unsupported`], never decoded.
@@ -163,6 +174,17 @@ mod tests {
         assert_eq!(env.routing_key.as_deref(), Some("celery"));
         let call = env.decode_call().unwrap();
         assert_eq!(call.args, vec![Value::from(2), Value::from(3)]);
+    }
+
+    #[test]
+    fn control_messages_are_not_tasks() {
+        // `{"method": "revoke", ...}` as a remote-control broadcast sends it.
+        let revoke = r#"{"body": "eyJtZXRob2QiOiAicmV2b2tlIiwgImFyZ3VtZW50cyI6IHsidGFza19pZCI6ICJ4In19", "content-encoding": "utf-8", "content-type": "application/json", "headers": {"clock": 1, "expires": 1795836118.8747282}, "properties": {"delivery_info": {"exchange": "celery.pidbox", "routing_key": ""}, "priority": 0, "body_encoding": "base64", "delivery_tag": "8419d95e"}}"#;
+        let env = Envelope::parse(revoke.as_bytes()).unwrap();
+        assert!(!env.is_task());
+        assert_eq!(env.task_id, None);
+        assert!(matches!(env.decode_call(), Err(BodyError::Malformed(_))));
+        assert_eq!(env.resolved_name(), None);
     }
 
     #[test]

@@ -9,6 +9,12 @@ pub const DEFAULT_SEP: &[u8] = b"\x06\x16";
 /// kombu's default `priority_steps`.
 pub const DEFAULT_PRIORITY_STEPS: [u32; 4] = [0, 3, 6, 9];
 
+/// kombu clamps `properties.priority` into this range before picking a step.
+const MAX_PRIORITY: i64 = 9;
+
+const BINDING: &[u8] = b"_kombu.binding.";
+const BINDING_PERMANENT: &[u8] = b"_kombu.binding_permanent.";
+const BINDING_DEADLINES: &[u8] = b"_kombu.binding_deadlines";
 const TASK_META: &[u8] = b"celery-task-meta-";
 const TASKSET_META: &[u8] = b"celery-taskset-meta-";
 
@@ -28,6 +34,27 @@ impl Default for BrokerLayout {
             priority_steps: DEFAULT_PRIORITY_STEPS.to_vec(),
         }
     }
+}
+
+/// What a broker key is, judged by its name alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BrokerKey<'a> {
+    /// The `unacked` hash.
+    Unacked,
+    /// The `unacked_index` zset (delivery tag → receive time in worker seconds).
+    UnackedIndex,
+    /// The lock a restore sweep holds.
+    UnackedMutex,
+    /// `_kombu.binding.<exchange>`: the routing table kombu reads.
+    Binding { exchange: &'a [u8] },
+    /// `_kombu.binding_permanent.<exchange>` (kombu ≥ 5.7): keeps a table from the deadline sweep.
+    PermanentBinding { exchange: &'a [u8] },
+    /// `_kombu.binding_deadlines` (kombu ≥ 5.7): exchange → sweep deadline in Redis-server ms.
+    BindingDeadlines,
+    /// Anything else under the prefix. A list here is a queue (see
+    /// [`BrokerLayout::split_queue_key`]) or a `<oid>.reply.celery.pidbox` reply list; a key
+    /// without the prefix is `Other` too.
+    Other,
 }
 
 /// One member of a `_kombu.binding.<exchange>` set.
@@ -59,6 +86,28 @@ impl BrokerLayout {
         }
     }
 
+    /// The priority step kombu files a message under: the priority is clamped to 0–9 (missing
+    /// means 0) and mapped to the largest step not above it. Like kombu's
+    /// `steps[bisect(steps, n) - 1]`, a priority below every step wraps to the last step.
+    pub fn priority_step(&self, priority: Option<i64>) -> u32 {
+        let priority = priority.unwrap_or(0).clamp(0, MAX_PRIORITY);
+        let below = self
+            .priority_steps
+            .iter()
+            .take_while(|&&step| i64::from(step) <= priority)
+            .count();
+        match below.checked_sub(1) {
+            Some(i) => self.priority_steps[i],
+            None => self.priority_steps.last().copied().unwrap_or(0),
+        }
+    }
+
+    /// The list key kombu ≥ 5.5 pushes a message with this priority to, on publish and on
+    /// restore. kombu 5.3 restores every message to step 0, whatever its priority.
+    pub fn queue_key_for_priority(&self, queue: &[u8], priority: Option<i64>) -> Vec<u8> {
+        self.queue_key(queue, self.priority_step(priority))
+    }
+
     /// Every list key of a queue: the bare name and each configured priority step.
     pub fn queue_keys(&self, queue: &[u8]) -> Vec<Vec<u8>> {
         let mut keys = vec![self.queue_key(queue, 0)];
@@ -83,7 +132,10 @@ impl BrokerLayout {
         let bare = key.strip_prefix(self.prefix.as_slice())?;
         if let Some(pos) = rfind(bare, &self.sep) {
             let step = &bare[pos + self.sep.len()..];
-            if let Some(step) = std::str::from_utf8(step).ok().and_then(|s| s.parse().ok()) {
+            // Only plain decimal, as kombu writes it: `+6` would parse but never round-trips.
+            let digits = !step.is_empty() && step.iter().all(u8::is_ascii_digit);
+            let step = std::str::from_utf8(step).ok().and_then(|s| s.parse().ok());
+            if let (true, Some(step)) = (digits, step) {
                 return Some((&bare[..pos], step));
             }
         }
@@ -102,9 +154,35 @@ impl BrokerLayout {
         concat(&[&self.prefix, b"unacked_mutex"])
     }
 
+    /// `_kombu.binding_deadlines` (kombu ≥ 5.7).
+    pub fn binding_deadlines_key(&self) -> Vec<u8> {
+        concat(&[&self.prefix, BINDING_DEADLINES])
+    }
+
+    /// Names a broker key. kombu's bookkeeping keys are recognised exactly; everything else is
+    /// [`BrokerKey::Other`], because a queue may have any name and only its type tells a list.
+    pub fn classify<'a>(&self, key: &'a [u8]) -> BrokerKey<'a> {
+        let Some(bare) = key.strip_prefix(self.prefix.as_slice()) else {
+            return BrokerKey::Other;
+        };
+        if let Some(exchange) = bare.strip_prefix(BINDING) {
+            return BrokerKey::Binding { exchange };
+        }
+        if let Some(exchange) = bare.strip_prefix(BINDING_PERMANENT) {
+            return BrokerKey::PermanentBinding { exchange };
+        }
+        match bare {
+            b"unacked" => BrokerKey::Unacked,
+            b"unacked_index" => BrokerKey::UnackedIndex,
+            b"unacked_mutex" => BrokerKey::UnackedMutex,
+            BINDING_DEADLINES => BrokerKey::BindingDeadlines,
+            _ => BrokerKey::Other,
+        }
+    }
+
     /// `SCAN MATCH` pattern for binding tables (not `_kombu.binding_permanent.*`).
     pub fn binding_scan_pattern(&self) -> Vec<u8> {
-        let mut p = escape_glob(&concat(&[&self.prefix, b"_kombu.binding."]));
+        let mut p = escape_glob(&concat(&[&self.prefix, BINDING]));
         p.push(b'*');
         p
     }
@@ -112,7 +190,7 @@ impl BrokerLayout {
     /// The exchange a binding-table key names, if the key is one.
     pub fn binding_exchange<'a>(&self, key: &'a [u8]) -> Option<&'a [u8]> {
         key.strip_prefix(self.prefix.as_slice())?
-            .strip_prefix(b"_kombu.binding.".as_slice())
+            .strip_prefix(BINDING)
     }
 
     /// Parses `<routing_key><sep><pattern><sep><queue>`.
@@ -269,6 +347,67 @@ mod tests {
             b.classify(b"myapp_celery-task-meta-x"),
             BackendKey::TaskMeta { task_id: b"x" }
         );
+    }
+
+    #[test]
+    fn priorities_map_to_the_largest_step_not_above_them() {
+        let l = BrokerLayout::default();
+        let steps: Vec<u32> = (-1..=11).map(|p| l.priority_step(Some(p))).collect();
+        assert_eq!(steps, [0, 0, 0, 0, 3, 3, 3, 6, 6, 6, 9, 9, 9]);
+        assert_eq!(l.priority_step(None), 0);
+        assert_eq!(l.queue_key_for_priority(b"q", Some(7)), b"q\x06\x166");
+        assert_eq!(l.queue_key_for_priority(b"q", Some(2)), b"q");
+
+        let all = BrokerLayout {
+            priority_steps: (0..10).collect(),
+            ..BrokerLayout::default()
+        };
+        assert_eq!(all.priority_step(Some(4)), 4);
+        // kombu indexes steps[-1] when no step is low enough.
+        let no_zero = BrokerLayout {
+            priority_steps: vec![2, 5],
+            ..BrokerLayout::default()
+        };
+        assert_eq!(no_zero.priority_step(Some(1)), 5);
+    }
+
+    #[test]
+    fn only_decimal_steps_split() {
+        let l = BrokerLayout::default();
+        assert_eq!(
+            l.split_queue_key(b"q\x06\x16+6"),
+            Some((&b"q\x06\x16+6"[..], 0))
+        );
+        assert_eq!(
+            l.split_queue_key(b"q\x06\x16"),
+            Some((&b"q\x06\x16"[..], 0))
+        );
+    }
+
+    #[test]
+    fn bookkeeping_keys_classify() {
+        let l = BrokerLayout::with_prefix(b"p".to_vec());
+        assert_eq!(l.classify(b"punacked"), BrokerKey::Unacked);
+        assert_eq!(l.classify(b"punacked_index"), BrokerKey::UnackedIndex);
+        assert_eq!(l.classify(b"punacked_mutex"), BrokerKey::UnackedMutex);
+        assert_eq!(
+            l.classify(b"p_kombu.binding.celery"),
+            BrokerKey::Binding {
+                exchange: b"celery"
+            }
+        );
+        assert_eq!(
+            l.classify(b"p_kombu.binding_permanent.celery"),
+            BrokerKey::PermanentBinding {
+                exchange: b"celery"
+            }
+        );
+        assert_eq!(
+            l.classify(&l.binding_deadlines_key()),
+            BrokerKey::BindingDeadlines
+        );
+        assert_eq!(l.classify(b"pcelery"), BrokerKey::Other);
+        assert_eq!(l.classify(b"unacked"), BrokerKey::Other);
     }
 
     #[test]

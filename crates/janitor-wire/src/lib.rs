@@ -6,7 +6,7 @@
 //! * [`envelope`]: a queue-list element (protocol 1 and 2), read without touching the body;
 //! * [`body`]: the safe decoders for task arguments (json, msgpack, yaml; pickle never);
 //! * [`unacked`]: the `[envelope, exchange, routing_key]` values of kombu's `unacked` hash;
-//! * [`result`]: `celery-task-meta-*` values;
+//! * [`result`]: `celery-task-meta-*` and saved group (`celery-taskset-meta-*`) values;
 //! * [`keys`]: key names, prefixes, priority sub-lists and binding-set members.
 
 pub mod body;
@@ -17,8 +17,8 @@ pub mod unacked;
 
 pub use body::{BodyError, TaskCall};
 pub use envelope::{Envelope, Protocol};
-pub use keys::{BackendKey, BackendLayout, Binding, BrokerLayout};
-pub use result::{ResultMeta, ResultValue};
+pub use keys::{BackendKey, BackendLayout, Binding, BrokerKey, BrokerLayout};
+pub use result::{GroupMeta, ResultMeta, ResultValue};
 pub use unacked::UnackedEntry;
 
 /// Why a value could not be read as the Celery structure it should be.

@@ -1,4 +1,5 @@
-//! `celery-task-meta-<id>` values written by Celery's Redis result backend.
+//! `celery-task-meta-<id>` and `celery-taskset-meta-<id>` values written by Celery's Redis
+//! result backend.
 //!
 //! JSON is read; a value that is not JSON (pickle, msgpack, compressed) is kept opaque and never
 //! deserialized. `date_done` is naive UTC in Celery 5.3 and carries `+00:00` from 5.5 on; both
@@ -22,10 +23,47 @@ pub struct ResultMeta {
 }
 
 #[derive(Debug, Clone, PartialEq)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "parsed once per key and consumed at once; boxing would change the public API"
+)]
 pub enum ResultValue {
     Json(ResultMeta),
-    /// Not JSON: never deserialized.
+    /// Not a JSON task meta (pickle, msgpack, compressed, or JSON without a `status`, such as a
+    /// group meta): never deserialized further.
     Opaque,
+}
+
+/// A saved `GroupResult` (`celery-taskset-meta-<group_id>`), written by `GroupResult.save()` or
+/// for a chord whose header holds groups: `{"result": [[gid, parent], [member, …]]}`, each member
+/// `[[task_id, parent], children]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMeta {
+    pub group_id: String,
+    /// Direct members' ids, in group order (a nested group shows up as its own id).
+    pub members: Vec<String>,
+}
+
+impl GroupMeta {
+    /// `None` for anything that is not a JSON group meta; pickled values are never deserialized.
+    pub fn parse(raw: &[u8]) -> Option<GroupMeta> {
+        if raw.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return None;
+        }
+        let value: Value = serde_json::from_slice(raw).ok()?;
+        let [head, members] = value.get("result")?.as_array()?.as_slice() else {
+            return None;
+        };
+        let id_of = |tuple: &Value| tuple.get(0)?.as_str().map(str::to_owned);
+        Some(GroupMeta {
+            group_id: id_of(head)?,
+            members: members
+                .as_array()?
+                .iter()
+                .map(|m| m.get(0).and_then(id_of))
+                .collect::<Option<_>>()?,
+        })
+    }
 }
 
 impl ResultMeta {
@@ -84,6 +122,36 @@ mod tests {
         let a = parse_timestamp("2026-11-28T04:06:20.925902").unwrap();
         let b = parse_timestamp("2026-11-28T04:06:20.925902+00:00").unwrap();
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn whole_seconds_have_no_fraction() {
+        // Python's isoformat() drops `.ffffff` when the microseconds are zero.
+        let a = parse_timestamp("2030-01-01T00:00:00").unwrap();
+        let b = parse_timestamp("2030-01-01T00:00:00+00:00").unwrap();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn started_is_in_flight_without_date_done() {
+        // Observed with task_track_started=True (celery-redis-layout.md §4.1); no captured fixture
+        // holds a STARTED meta.
+        let raw = br#"{"status": "STARTED", "result": {"pid": 10370, "hostname": "w3@vm"}, "traceback": null, "children": [], "date_done": null, "task_id": "x"}"#;
+        let ResultValue::Json(meta) = ResultValue::parse(raw) else {
+            panic!("STARTED meta is JSON");
+        };
+        assert!(meta.is_in_flight());
+        assert_eq!(meta.date_done, None);
+    }
+
+    #[test]
+    fn group_metas_list_their_members() {
+        let raw = br#"{"result": [["g", null], [[["a", null], null], [["b", null], null]]]}"#;
+        let group = GroupMeta::parse(raw).unwrap();
+        assert_eq!(group.group_id, "g");
+        assert_eq!(group.members, ["a", "b"]);
+        assert_eq!(ResultValue::parse(raw), ResultValue::Opaque);
+        assert_eq!(GroupMeta::parse(b"\x80\x04\x95"), None);
     }
 
     #[test]
