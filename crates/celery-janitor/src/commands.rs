@@ -25,7 +25,10 @@ pub fn run(cli: Cli) -> Result<Code> {
     };
     match &command {
         Command::CleanupOrphaned { opts } => flags.grace_seconds = opts.grace,
-        Command::FullCleanup { opts, max_age_hours } => {
+        Command::FullCleanup {
+            opts,
+            max_age_hours,
+        } => {
             flags.grace_seconds = opts.grace;
             flags.max_age_hours = *max_age_hours;
         }
@@ -148,6 +151,9 @@ fn init(path: &std::path::Path, force: bool) -> Result<Code> {
         .with_context(|| format!("cannot write {}", path.display()))?;
     println!("Wrote {}.", path.display());
     println!("Edit its [[owners]] rules, then run:");
-    println!("  CELERY_JANITOR_CONFIG={} celery-janitor status", path.display());
+    println!(
+        "  CELERY_JANITOR_CONFIG={} celery-janitor status",
+        path.display()
+    );
     Ok(Code::Success)
 }

@@ -9,20 +9,27 @@ use tracing_subscriber::fmt::writer::MakeWriterExt;
 use tracing_subscriber::EnvFilter;
 
 pub fn init(app_log: &Path, verbose: bool) {
-    let filter = || {
-        EnvFilter::try_from_env("CELERY_JANITOR_LOG").unwrap_or_else(|_| EnvFilter::new("info"))
-    };
+    let filter =
+        || EnvFilter::try_from_env("CELERY_JANITOR_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let file = app_log
         .parent()
         .map(|d| d.as_os_str().is_empty() || std::fs::create_dir_all(d).is_ok())
-        .and_then(|_| OpenOptions::new().create(true).append(true).open(app_log).ok());
+        .and_then(|_| {
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(app_log)
+                .ok()
+        });
     if file.is_none() {
         eprintln!(
             "celery-janitor: warning: cannot open log file {}; logging to stderr only",
             app_log.display()
         );
     }
-    let builder = tracing_subscriber::fmt().with_env_filter(filter()).with_ansi(false);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter())
+        .with_ansi(false);
     let result = match (file, verbose) {
         (Some(f), true) => builder
             .with_writer(Mutex::new(f).and(std::io::stderr))

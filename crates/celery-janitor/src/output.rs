@@ -79,21 +79,56 @@ pub fn status(r: &StatusReport, settings: &Settings, json: bool) -> Result<()> {
     );
     println!();
     println!("Redis");
-    println!("  connection:          {}", if r.redis.connected { "connected" } else { "not connected" });
-    println!("  memory used:         {}", human_bytes(r.redis.used_memory_bytes));
+    println!(
+        "  connection:          {}",
+        if r.redis.connected {
+            "connected"
+        } else {
+            "not connected"
+        }
+    );
+    println!(
+        "  memory used:         {}",
+        human_bytes(r.redis.used_memory_bytes)
+    );
     println!(
         "  client connections:  {}",
-        r.redis.connected_clients.map_or("unknown".into(), |c| c.to_string())
+        r.redis
+            .connected_clients
+            .map_or("unknown".into(), |c| c.to_string())
     );
     println!();
     println!("Tasks");
-    println!("  Celery tasks in Redis: {:>6}   ({})", t.in_redis, by_location(&t.by_location));
-    println!("  orphaned:              {:>6}   ({})", t.orphaned, by_location(&t.orphaned_by_location));
+    println!(
+        "  Celery tasks in Redis: {:>6}   ({})",
+        t.in_redis,
+        by_location(&t.by_location)
+    );
+    println!(
+        "  orphaned:              {:>6}   ({})",
+        t.orphaned,
+        by_location(&t.orphaned_by_location)
+    );
     println!("  live:                  {:>6}", t.live);
-    println!("  unowned:               {:>6}   (no [[owners]] rule; never removed)", t.unowned);
-    println!("  undecidable:           {:>6}   (owner unreadable; never removed)", t.undecidable);
-    let tables: Vec<&str> = settings.owners.rules().iter().map(|r| r.table.as_str()).collect();
-    println!("  tasks in the database: {:>6}   ({})", t.in_database, tables.join(", "));
+    println!(
+        "  unowned:               {:>6}   (no [[owners]] rule; never removed)",
+        t.unowned
+    );
+    println!(
+        "  undecidable:           {:>6}   (owner unreadable; never removed)",
+        t.undecidable
+    );
+    let tables: Vec<&str> = settings
+        .owners
+        .rules()
+        .iter()
+        .map(|r| r.table.as_str())
+        .collect();
+    println!(
+        "  tasks in the database: {:>6}   ({})",
+        t.in_database,
+        tables.join(", ")
+    );
     println!();
     if t.orphaned > 0 {
         println!(
@@ -128,7 +163,11 @@ pub fn tasks(rows: &[TaskRow], json: bool) -> Result<()> {
         return Ok(());
     }
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{:<12} {:<8} {:<14} {:<38} {:<32} OWNER", "STATE", "WHERE", "QUEUE", "TASK ID", "TASK")?;
+    writeln!(
+        out,
+        "{:<12} {:<8} {:<14} {:<38} {:<32} OWNER",
+        "STATE", "WHERE", "QUEUE", "TASK ID", "TASK"
+    )?;
     for r in rows {
         let owner = match (&r.owner_table, &r.owner_id) {
             (Some(t), Some(id)) => format!("{t}#{id}"),
@@ -146,7 +185,12 @@ pub fn tasks(rows: &[TaskRow], json: bool) -> Result<()> {
             owner
         )?;
     }
-    writeln!(out, "{} entr{}", rows.len(), if rows.len() == 1 { "y" } else { "ies" })?;
+    writeln!(
+        out,
+        "{} entr{}",
+        rows.len(),
+        if rows.len() == 1 { "y" } else { "ies" }
+    )?;
     Ok(())
 }
 
@@ -174,7 +218,10 @@ fn cleanup_lines(r: &CleanupReport) {
         );
     }
     if r.undecidable > 0 {
-        println!("  {} undecidable entries were left alone (see `celery-janitor tasks`)", r.undecidable);
+        println!(
+            "  {} undecidable entries were left alone (see `celery-janitor tasks`)",
+            r.undecidable
+        );
     }
     if let Some(rv) = &r.revoke {
         println!(
@@ -242,16 +289,26 @@ pub fn restore(r: &RestoreReport, json: bool) -> Result<()> {
     let total: u64 = r.restored.values().sum();
     println!(
         "{} {} entr{} (queue {}, unacked {}, result {}){}",
-        if r.dry_run { "Would restore" } else { "Restored" },
+        if r.dry_run {
+            "Would restore"
+        } else {
+            "Restored"
+        },
         total,
         if total == 1 { "y" } else { "ies" },
         r.restored.get("queue").unwrap_or(&0),
         r.restored.get("unacked").unwrap_or(&0),
         r.restored.get("result").unwrap_or(&0),
-        r.run_id.as_ref().map(|id| format!(" from run {id}")).unwrap_or_default()
+        r.run_id
+            .as_ref()
+            .map(|id| format!(" from run {id}"))
+            .unwrap_or_default()
     );
     if r.skipped > 0 {
-        println!("{} skipped (already restored, or the target exists)", r.skipped);
+        println!(
+            "{} skipped (already restored, or the target exists)",
+            r.skipped
+        );
     }
     Ok(())
 }

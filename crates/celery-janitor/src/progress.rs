@@ -28,9 +28,11 @@ impl Progress for Bar {
             Some(t) => {
                 b.set_length(t);
                 b.set_style(
-                    ProgressStyle::with_template("{spinner} {msg:<28} [{bar:30}] {pos}/{len} ({eta})")
-                        .expect("valid template")
-                        .progress_chars("=> "),
+                    ProgressStyle::with_template(
+                        "{spinner} {msg:<28} [{bar:30}] {pos}/{len} ({eta})",
+                    )
+                    .expect("valid template")
+                    .progress_chars("=> "),
                 );
             }
             None => {

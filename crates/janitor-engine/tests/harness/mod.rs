@@ -1,0 +1,276 @@
+//! Test harness: a `redis-server` of the test's own on a free port (never the machine's), a
+//! loader for captured dumps, and byte-exact keyspace snapshots.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::support::{Dump, Value};
+
+pub struct TestRedis {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl TestRedis {
+    pub async fn start() -> TestRedis {
+        for _ in 0..20 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let dir = tempfile::tempdir().unwrap();
+            let child = Command::new("redis-server")
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                ])
+                .args(["--appendonly", "no", "--dir"])
+                .arg(dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server must be installed (scripts/setup installs it)");
+            let mut redis = TestRedis {
+                child,
+                port,
+                _dir: dir,
+            };
+            for _ in 0..100 {
+                if let Ok(client) = redis::Client::open(redis.url()) {
+                    if let Ok(mut con) = client.get_multiplexed_async_connection().await {
+                        if redis::cmd("PING")
+                            .query_async::<String>(&mut con)
+                            .await
+                            .is_ok()
+                        {
+                            return redis;
+                        }
+                    }
+                }
+                if redis.child.try_wait().ok().flatten().is_some() {
+                    break; // port taken: try another
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        panic!("could not start a redis-server");
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    pub async fn con(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+
+    /// Writes a captured keyspace. Lists keep their order (the dump is head first).
+    pub async fn load(&self, dump: &Dump) {
+        let mut con = self.con().await;
+        for e in &dump.entries {
+            let cmd = match &e.value {
+                Value::List(items) => {
+                    let mut c = redis::cmd("RPUSH");
+                    c.arg(&e.key);
+                    for i in items {
+                        c.arg(i.whole().expect("whole value"));
+                    }
+                    c
+                }
+                Value::Hash(fields) => {
+                    let mut c = redis::cmd("HSET");
+                    c.arg(&e.key);
+                    for (f, v) in fields {
+                        c.arg(f).arg(v.whole().expect("whole value"));
+                    }
+                    c
+                }
+                Value::Zset(members) => {
+                    let mut c = redis::cmd("ZADD");
+                    c.arg(&e.key);
+                    for (m, s) in members {
+                        c.arg(*s).arg(m);
+                    }
+                    c
+                }
+                Value::Set(members) => {
+                    let mut c = redis::cmd("SADD");
+                    c.arg(&e.key).arg(members);
+                    c
+                }
+                Value::String(v) => {
+                    let mut c = redis::cmd("SET");
+                    c.arg(&e.key).arg(v.whole().expect("whole value"));
+                    if e.pttl > 0 {
+                        c.arg("PX").arg(e.pttl);
+                    }
+                    c
+                }
+            };
+            let _: redis::Value = cmd.query_async(&mut con).await.unwrap();
+        }
+    }
+}
+
+impl Drop for TestRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Val {
+    List(Vec<Vec<u8>>),
+    Hash(BTreeMap<Vec<u8>, Vec<u8>>),
+    Zset(BTreeMap<Vec<u8>, String>),
+    Set(BTreeSet<Vec<u8>>),
+    Str(Vec<u8>),
+}
+
+/// Every key but celery-janitor's own, byte for byte (TTLs aside).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot(pub BTreeMap<Vec<u8>, Val>);
+
+impl Snapshot {
+    pub async fn take(redis: &TestRedis) -> Snapshot {
+        let mut con = redis.con().await;
+        let keys: Vec<Vec<u8>> = redis::cmd("KEYS")
+            .arg("*")
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        let mut map = BTreeMap::new();
+        for k in keys {
+            if k.starts_with(b"celery-janitor:") {
+                continue;
+            }
+            let ty: String = redis::cmd("TYPE")
+                .arg(&k)
+                .query_async(&mut con)
+                .await
+                .unwrap();
+            let v = match ty.as_str() {
+                "list" => Val::List(
+                    redis::cmd("LRANGE")
+                        .arg(&k)
+                        .arg(0)
+                        .arg(-1)
+                        .query_async(&mut con)
+                        .await
+                        .unwrap(),
+                ),
+                "hash" => Val::Hash(
+                    redis::cmd("HGETALL")
+                        .arg(&k)
+                        .query_async(&mut con)
+                        .await
+                        .unwrap(),
+                ),
+                "zset" => {
+                    let pairs: Vec<(Vec<u8>, String)> = redis::cmd("ZRANGE")
+                        .arg(&k)
+                        .arg(0)
+                        .arg(-1)
+                        .arg("WITHSCORES")
+                        .query_async(&mut con)
+                        .await
+                        .unwrap();
+                    Val::Zset(pairs.into_iter().collect())
+                }
+                "set" => Val::Set(
+                    redis::cmd("SMEMBERS")
+                        .arg(&k)
+                        .query_async(&mut con)
+                        .await
+                        .unwrap(),
+                ),
+                "string" => Val::Str(
+                    redis::cmd("GET")
+                        .arg(&k)
+                        .query_async(&mut con)
+                        .await
+                        .unwrap(),
+                ),
+                other => panic!("unexpected type {other}"),
+            };
+            map.insert(k, v);
+        }
+        Snapshot(map)
+    }
+
+    /// `after` must equal `self` minus exactly the `removed` (key, value) entries.
+    pub fn assert_only_removed(
+        &self,
+        after: &Snapshot,
+        removed: &[(Vec<u8>, Vec<u8>)],
+        what: &str,
+    ) {
+        let mut expected = self.0.clone();
+        for (key, raw) in removed {
+            match expected.get_mut(key) {
+                Some(Val::List(items)) => {
+                    let pos = items
+                        .iter()
+                        .position(|i| i == raw)
+                        .expect("removed item was there");
+                    items.remove(pos);
+                }
+                Some(Val::Hash(fields)) => {
+                    let field = fields
+                        .iter()
+                        .find(|(_, v)| *v == raw)
+                        .map(|(f, _)| f.clone())
+                        .expect("removed field was there");
+                    fields.remove(&field);
+                    let index_key = [key.as_slice(), b"_index"].concat();
+                    if let Some(Val::Zset(members)) = expected.get_mut(&index_key) {
+                        members.remove(&field);
+                    }
+                }
+                Some(Val::Str(_)) => {
+                    expected.remove(key);
+                }
+                other => panic!("{what}: removed entry of unexpected kind {other:?}"),
+            }
+        }
+        expected.retain(|_, v| match v {
+            Val::List(i) => !i.is_empty(),
+            Val::Hash(f) => !f.is_empty(),
+            Val::Zset(m) => !m.is_empty(),
+            _ => true,
+        });
+        assert_eq!(expected, after.0, "{what}: more than the orphans changed");
+    }
+
+    /// Same keys and values; list order may differ (restored messages go to the consume end).
+    pub fn assert_same_content(&self, other: &Snapshot, what: &str) {
+        let norm = |s: &Snapshot| {
+            let mut m = s.0.clone();
+            for v in m.values_mut() {
+                if let Val::List(items) = v {
+                    items.sort();
+                }
+            }
+            m
+        };
+        assert_eq!(
+            norm(self),
+            norm(other),
+            "{what}: restore did not bring every byte back"
+        );
+    }
+}
