@@ -189,7 +189,18 @@ pub fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
 
 /// Parses config text (used by [`load_file`] and tests).
 pub fn parse_file(text: &str) -> Result<FileConfig, String> {
-    toml::from_str(text).map_err(|e| e.to_string().trim().replace('\n', " "))
+    toml::from_str(text).map_err(|e| {
+        let message = e.message().trim().replace('\n', " ");
+        match e.span() {
+            Some(span) => {
+                let before = &text[..span.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                format!("line {line}, column {column}: {message}")
+            }
+            None => message,
+        }
+    })
 }
 
 fn env_f64(get: &dyn Fn(&str) -> Option<String>, key: &str) -> Result<Option<f64>, ConfigError> {

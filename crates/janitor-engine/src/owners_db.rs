@@ -60,13 +60,26 @@ impl OwnerDb {
             message: e.to_string(),
         };
         let timeout = std::time::Duration::from_secs(5);
+        // One direct connection first: a pool would only report "timed out", hiding the cause
+        // (connection refused, unknown database, authentication failed).
+        let check = async {
+            use sqlx::Connection;
+            if url.scheme() == "sqlite" {
+                sqlx::SqliteConnection::connect(url.expose()).await?.close().await
+            } else {
+                sqlx::PgConnection::connect(url.expose()).await?.close().await
+            }
+        };
+        match tokio::time::timeout(timeout, check).await {
+            Ok(result) => result.map_err(unavailable)?,
+            Err(_) => return Err(unavailable(sqlx::Error::PoolTimedOut)),
+        }
         let pool = if url.scheme() == "sqlite" {
             Pool::Sqlite(
                 SqlitePoolOptions::new()
                     .max_connections(2)
                     .acquire_timeout(timeout)
-                    .connect(url.expose())
-                    .await
+                    .connect_lazy(url.expose())
                     .map_err(unavailable)?,
             )
         } else {
@@ -74,8 +87,7 @@ impl OwnerDb {
                 PgPoolOptions::new()
                     .max_connections(4)
                     .acquire_timeout(timeout)
-                    .connect(url.expose())
-                    .await
+                    .connect_lazy(url.expose())
                     .map_err(unavailable)?,
             )
         };
