@@ -58,6 +58,9 @@ pub enum Command {
         /// Machine-readable output
         #[arg(long)]
         json: bool,
+        /// Seconds an orphan's row must stay missing to count [env: CELERY_JANITOR_GRACE_SECONDS; default: 10]
+        #[arg(long, value_name = "SECONDS")]
+        grace: Option<f64>,
     },
     /// List tasks in Redis with their owner and state
     Tasks {
@@ -70,6 +73,9 @@ pub enum Command {
         /// At most N entries
         #[arg(long, value_name = "N")]
         limit: Option<usize>,
+        /// Seconds an orphan's row must stay missing to count [env: CELERY_JANITOR_GRACE_SECONDS; default: 10]
+        #[arg(long, value_name = "SECONDS")]
+        grace: Option<f64>,
     },
     /// Remove confirmed orphans from queues, unacked and results
     CleanupOrphaned {

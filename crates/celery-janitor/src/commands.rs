@@ -24,6 +24,9 @@ pub fn run(cli: Cli) -> Result<Code> {
         ..Default::default()
     };
     match &command {
+        Command::Status { grace, .. } | Command::Tasks { grace, .. } => {
+            flags.grace_seconds = *grace
+        }
         Command::CleanupOrphaned { opts } => flags.grace_seconds = opts.grace,
         Command::FullCleanup {
             opts,
@@ -65,21 +68,24 @@ fn command_name(c: &Command) -> &'static str {
 async fn dispatch(settings: Settings, command: Command, quiet: bool) -> Result<Code> {
     let janitor = Janitor::connect(settings).await?;
     match command {
-        Command::Status { json } => {
+        Command::Status { json, .. } => {
             let bar = Bar::new(!json && !quiet);
-            let report = janitor.status(&bar).await?;
+            let grace = janitor.settings().grace_seconds;
+            let report = janitor.status(grace, &bar).await?;
             output::status(&report, janitor.settings(), json)?;
         }
         Command::Tasks {
             orphaned,
             json,
             limit,
+            ..
         } => {
             let bar = Bar::new(!json && !quiet);
             let mut rows = Vec::new();
             let limit = limit.unwrap_or(usize::MAX);
+            let grace = janitor.settings().grace_seconds;
             janitor
-                .entries(&bar, &mut |e| {
+                .entries(grace, &bar, &mut |e| {
                     if rows.len() < limit && (!orphaned || e.state == State::Orphaned) {
                         rows.push(output::TaskRow::from(&e));
                     }

@@ -7,7 +7,7 @@
 //! lost rows. Every change is audited; the archive file is fsync'd before the run reports.
 
 use std::collections::{BTreeMap, HashSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -116,7 +116,7 @@ pub struct FullCleanupReport {
     pub lost_rows: LostRowsReport,
 }
 
-struct Locks {
+pub(crate) struct Locks {
     held: Vec<(RedisHandle, Vec<u8>, String)>,
 }
 
@@ -178,6 +178,40 @@ impl Janitor {
                     "the janitor lock expired during the run; stopped before changing anything else".into(),
                 ));
             }
+        }
+        Ok(())
+    }
+
+    /// Grace: waits until `grace` seconds have passed since the scan started (rows of apps that
+    /// enqueue before committing appear meanwhile), then asks the database again. Entries whose
+    /// row now exists become live. Waits only if there is something to confirm.
+    pub(crate) async fn confirm(
+        &self,
+        candidates: &mut [Entry],
+        since: Instant,
+        grace: f64,
+        locks: Option<&Locks>,
+        progress: &dyn Progress,
+    ) -> Result<()> {
+        if candidates.is_empty() {
+            return Ok(());
+        }
+        let deadline = since + Duration::from_secs_f64(grace);
+        if Instant::now() < deadline {
+            progress.phase(
+                &format!("confirming {} orphans (grace {grace} s)", candidates.len()),
+                None,
+            );
+        }
+        while Instant::now() < deadline {
+            let step = (deadline - Instant::now()).min(Duration::from_secs(10));
+            tokio::time::sleep(step).await;
+            if let Some(locks) = locks {
+                self.refresh_locks(locks).await?;
+            }
+        }
+        for chunk in candidates.chunks_mut(1000) {
+            self.settle(chunk).await?;
         }
         Ok(())
     }
@@ -261,6 +295,7 @@ impl Janitor {
         report.orphans.dry_run = opts.dry_run;
         report.expired_results.max_age_hours = max_age_hours;
 
+        let scan_started = Instant::now();
         let mut orphans: Vec<Entry> = Vec::new();
         let mut expired: Vec<Entry> = Vec::new();
         let mut undecidable = 0u64;
@@ -312,22 +347,8 @@ impl Janitor {
         report.orphans.undecidable = undecidable;
         report.expired_results.unaged = unaged;
 
-        // Grace: the rows of apps that enqueue before committing appear meanwhile.
-        if !orphans.is_empty() && grace > 0.0 && !opts.dry_run {
-            progress.phase("grace period", None);
-            let mut left = Duration::from_secs_f64(grace);
-            while !left.is_zero() {
-                let step = left.min(Duration::from_secs(10));
-                tokio::time::sleep(step).await;
-                left -= step;
-                if let Some(locks) = locks {
-                    self.refresh_locks(locks).await?;
-                }
-            }
-        }
-        for chunk in orphans.chunks_mut(1000) {
-            self.settle(chunk).await?;
-        }
+        self.confirm(&mut orphans, scan_started, grace, locks, progress)
+            .await?;
         let (confirmed, revived): (Vec<Entry>, Vec<Entry>) = orphans
             .into_iter()
             .partition(|e| e.state == State::Orphaned);

@@ -155,12 +155,17 @@ impl Janitor {
         })
     }
 
-    /// Counts every entry by state and location, and the owner rows.
-    pub async fn status(&self, progress: &dyn Progress) -> Result<StatusReport> {
+    /// Counts every entry by state and location, and the owner rows. Orphans are confirmed
+    /// as in a cleanup: still missing `grace_seconds` after the scan started.
+    pub async fn status(
+        &self,
+        grace_seconds: f64,
+        progress: &dyn Progress,
+    ) -> Result<StatusReport> {
         let redis = self.redis_info().await?;
         let mut tasks = TaskCounts::zeroed();
         let mut results = ResultCounts::default();
-        self.scan(progress, &mut |e: Entry| {
+        self.entries(grace_seconds, progress, &mut |e: Entry| {
             if e.location == Location::Result && e.task_name.is_none() {
                 results.unnamed += 1;
             }
@@ -170,7 +175,6 @@ impl Janitor {
         for rule in self.settings.owners.rules() {
             tasks.in_database += self.db.count_rows(rule).await?;
         }
-        progress.finish();
         Ok(StatusReport {
             redis,
             tasks,
@@ -178,13 +182,29 @@ impl Janitor {
         })
     }
 
-    /// Every classified entry, streamed to `sink` in scan order.
+    /// Every classified entry, streamed to `sink`. Orphan candidates are held back until they
+    /// are confirmed (see [`Janitor::status`]), then handed over last, as orphans or as live.
     pub async fn entries(
         &self,
+        grace_seconds: f64,
         progress: &dyn Progress,
         sink: &mut (dyn FnMut(Entry) + Send),
     ) -> Result<()> {
-        self.scan(progress, sink).await?;
+        let started = std::time::Instant::now();
+        let mut candidates = Vec::new();
+        self.scan(progress, &mut |e: Entry| {
+            if e.state == State::Orphaned {
+                candidates.push(e);
+            } else {
+                sink(e);
+            }
+        })
+        .await?;
+        self.confirm(&mut candidates, started, grace_seconds, None, progress)
+            .await?;
+        for e in candidates {
+            sink(e);
+        }
         progress.finish();
         Ok(())
     }

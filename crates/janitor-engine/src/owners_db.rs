@@ -65,9 +65,15 @@ impl OwnerDb {
         let check = async {
             use sqlx::Connection;
             if url.scheme() == "sqlite" {
-                sqlx::SqliteConnection::connect(url.expose()).await?.close().await
+                sqlx::SqliteConnection::connect(url.expose())
+                    .await?
+                    .close()
+                    .await
             } else {
-                sqlx::PgConnection::connect(url.expose()).await?.close().await
+                sqlx::PgConnection::connect(url.expose())
+                    .await?
+                    .close()
+                    .await
             }
         };
         match tokio::time::timeout(timeout, check).await {

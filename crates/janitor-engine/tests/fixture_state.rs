@@ -106,7 +106,9 @@ fn owner_state(first: Option<&serde_json::Value>) -> State {
 
 async fn classify(j: &Janitor) -> Vec<janitor_engine::Entry> {
     let mut out = Vec::new();
-    j.entries(&NoProgress, &mut |e| out.push(e)).await.unwrap();
+    j.entries(0.0, &NoProgress, &mut |e| out.push(e))
+        .await
+        .unwrap();
     out
 }
 
