@@ -2,7 +2,7 @@
 //! result key, read in bounded pages (HSCAN/LRANGE/SCAN + pipelined MGET/PTTL), classified a page
 //! at a time with one owner lookup per rule per page. Memory holds one page, never the keyspace.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::classify::{pre_classify, Entry, RawEntry, State};
 use crate::error::Result;
@@ -36,9 +36,9 @@ impl Janitor {
         sink: &mut (dyn FnMut(Entry) + Send),
     ) -> Result<()> {
         let routing_keys = self.scan_unacked(progress, sink).await?;
-        let queues = self.discover_queues(routing_keys).await?;
-        for queue in &queues {
-            self.scan_queue(queue, progress, sink).await?;
+        let lists = self.queue_lists(routing_keys).await?;
+        for (key, queue) in &lists {
+            self.scan_list(key, queue, progress, sink).await?;
         }
         self.scan_results(progress, sink).await?;
         Ok(())
@@ -144,7 +144,7 @@ impl Janitor {
 
     /// Queue names: from config, else kombu's binding sets plus routing keys seen in `unacked`
     /// plus Celery's default `celery`.
-    async fn discover_queues(&self, routing_keys: BTreeSet<String>) -> Result<Vec<Vec<u8>>> {
+    async fn queue_names(&self, routing_keys: BTreeSet<String>) -> Result<BTreeSet<Vec<u8>>> {
         if let Some(queues) = &self.settings.queues {
             return Ok(queues.iter().map(|q| q.as_bytes().to_vec()).collect());
         }
@@ -176,72 +176,83 @@ impl Janitor {
                 }
             }
         }
-        Ok(names.into_iter().collect())
+        Ok(names)
     }
 
-    async fn scan_queue(
+    /// Every list key to read, with its queue name: each queue's bare key and configured
+    /// priority steps, plus any `<queue>\x06\x16<n>` sub-list found by one SCAN pass, so custom
+    /// `priority_steps` (and queues whose binding table is gone) are not missed.
+    async fn queue_lists(
         &self,
-        queue: &[u8],
+        routing_keys: BTreeSet<String>,
+    ) -> Result<BTreeMap<Vec<u8>, String>> {
+        let names = self.queue_names(routing_keys).await?;
+        let layout = &self.broker_layout;
+        let mut lists = BTreeMap::new();
+        for q in &names {
+            for key in layout.queue_keys(q) {
+                lists.insert(key, String::from_utf8_lossy(q).into_owned());
+            }
+        }
+        let configured = self.settings.queues.is_some();
+        for key in self.broker.scan_all(&layout.sublist_scan_pattern()).await? {
+            if let Some((q, step)) = layout.split_queue_key(&key) {
+                if step > 0 && (!configured || names.contains(q)) {
+                    let name = String::from_utf8_lossy(q).into_owned();
+                    lists.insert(key, name);
+                }
+            }
+        }
+        let keys: Vec<Vec<u8>> = lists.keys().cloned().collect();
+        for (key, ty) in keys.iter().zip(self.broker.types(&keys).await?) {
+            if ty != "list" {
+                if ty != "none" {
+                    tracing::warn!(key = %crate::archive::printable(key), r#type = %ty, "queue key is not a list; skipped");
+                }
+                lists.remove(key);
+            }
+        }
+        Ok(lists)
+    }
+
+    async fn scan_list(
+        &self,
+        key: &[u8],
+        name: &str,
         progress: &dyn Progress,
         sink: &mut (dyn FnMut(Entry) + Send),
     ) -> Result<()> {
-        let layout = &self.broker_layout;
-        let mut keys: BTreeSet<Vec<u8>> = layout.queue_keys(queue).into_iter().collect();
-        // Custom priority_steps: pick up any `<queue>\x06\x16<n>` sub-list too.
-        for k in self
-            .broker
-            .scan_all(&layout.priority_scan_pattern(queue))
-            .await?
-        {
-            if layout.split_queue_key(&k).is_some_and(|(q, _)| q == queue) {
-                keys.insert(k);
-            }
-        }
-        let keys: Vec<Vec<u8>> = keys.into_iter().collect();
-        let types = self.broker.types(&keys).await?;
-        let name = String::from_utf8_lossy(queue).into_owned();
         let mut con = self.broker.con.clone();
-        for (key, ty) in keys.iter().zip(types) {
-            if ty != "list" {
-                if ty != "none" {
-                    tracing::warn!(key = %String::from_utf8_lossy(key), r#type = %ty, "queue key is not a list; skipped");
-                }
-                continue;
+        let len: i64 = redis::cmd("LLEN").arg(key).query_async(&mut con).await?;
+        progress.phase(
+            &format!("queue {}", crate::archive::printable(key)),
+            Some(len as u64),
+        );
+        let mut start: i64 = 0;
+        loop {
+            let items: Vec<Vec<u8>> = redis::cmd("LRANGE")
+                .arg(key)
+                .arg(start)
+                .arg(start + PAGE as i64 - 1)
+                .query_async(&mut con)
+                .await?;
+            let n = items.len();
+            let raws = items
+                .into_iter()
+                .enumerate()
+                .map(|(i, raw)| RawEntry::Queue {
+                    key: key.to_vec(),
+                    queue: name.to_owned(),
+                    index: start + i as i64,
+                    raw,
+                })
+                .collect();
+            self.settle_page(raws, sink).await?;
+            progress.advance(n as u64);
+            if n < PAGE {
+                break;
             }
-            let len: i64 = redis::cmd("LLEN").arg(key).query_async(&mut con).await?;
-            progress.phase(
-                &format!("queue {}", crate::archive::printable(key)),
-                Some(len as u64),
-            );
-            let mut start: i64 = 0;
-            loop {
-                let items: Vec<Vec<u8>> = redis::cmd("LRANGE")
-                    .arg(key)
-                    .arg(start)
-                    .arg(start + PAGE as i64 - 1)
-                    .query_async(&mut con)
-                    .await?;
-                if items.is_empty() {
-                    break;
-                }
-                let n = items.len();
-                let raws = items
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, raw)| RawEntry::Queue {
-                        key: key.clone(),
-                        queue: name.clone(),
-                        index: start + i as i64,
-                        raw,
-                    })
-                    .collect();
-                self.settle_page(raws, sink).await?;
-                progress.advance(n as u64);
-                if n < PAGE {
-                    break;
-                }
-                start += n as i64;
-            }
+            start += n as i64;
         }
         Ok(())
     }

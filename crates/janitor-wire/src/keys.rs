@@ -126,6 +126,16 @@ impl BrokerLayout {
         p
     }
 
+    /// A `SCAN MATCH` pattern for every priority sub-list of every queue (any key with the
+    /// separator in its name), so one pass finds them all.
+    pub fn sublist_scan_pattern(&self) -> Vec<u8> {
+        let mut p = escape_glob(&self.prefix);
+        p.push(b'*');
+        p.extend(escape_glob(&self.sep));
+        p.push(b'*');
+        p
+    }
+
     /// Splits a (prefixed) list key into queue name and priority step, on the last separator as
     /// kombu does. Returns `None` when the key does not carry this layout's prefix.
     pub fn split_queue_key<'a>(&self, key: &'a [u8]) -> Option<(&'a [u8], u32)> {
