@@ -119,13 +119,6 @@ impl BrokerLayout {
         keys
     }
 
-    /// A `SCAN MATCH` pattern for priority sub-lists with any step, for custom `priority_steps`.
-    pub fn priority_scan_pattern(&self, queue: &[u8]) -> Vec<u8> {
-        let mut p = escape_glob(&concat(&[&self.prefix, queue, &self.sep]));
-        p.push(b'*');
-        p
-    }
-
     /// A `SCAN MATCH` pattern for every priority sub-list of every queue (any key with the
     /// separator in its name), so one pass finds them all.
     pub fn sublist_scan_pattern(&self) -> Vec<u8> {
