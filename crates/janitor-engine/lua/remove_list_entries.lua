@@ -1,64 +1,92 @@
--- Removes exact messages from one queue list, atomically, in one linear pass.
+-- Removes exact messages from one queue list, atomically, in one linear pass per call.
 --
--- Each target is found by searching forward from where it was seen (its index from the head at
--- scan time, less the entries this run already removed before it, plus the drift `shift` that
--- producers' LPUSHes caused since), compared byte for byte, overwritten with a tombstone, and
--- archived. One LREM of the tombstone at the end removes them all: no per-message LREM scan.
--- Workers never see the tombstone: the script is atomic.
+-- Positions are anchored at the list's tail: producers LPUSH at the head, which does not move a
+-- message relative to the tail; only consumers' pops from the tail do. So a message read at
+-- distance `dr` from the tail is now at `LLEN - 1 - dr + p`, where `p` >= 0 counts the messages
+-- popped since it was read (0 when no worker consumed). The search probes the predicted spot
+-- first, then walks towards the tail in growing chunks, comparing exact bytes. A found message is
+-- overwritten with a tombstone and archived; one LREM from the tail removes all tombstones of
+-- the call — no per-message LREM scan. Workers never see a tombstone: the script is atomic.
+-- Work per call is capped (elements and bytes compared), so Redis stays responsive; targets
+-- not reached are returned for the next call with the point the search got to.
 --
 -- KEYS[1]: the queue list
 -- KEYS[2]: the archive stream
 -- KEYS[3]: the janitor lock
 -- ARGV[1]: janitor lock token        ARGV[2]: tombstone (unique per call)
--- ARGV[3]: shift estimate (>= 0)     ARGV[4]: search window
+-- ARGV[3]: element budget            ARGV[4]: byte budget
 -- ARGV[5]: archive MAXLEN (approximate)
--- ARGV[6+3i], ARGV[7+3i], ARGV[8+3i]: lower-bound index, exact bytes, archive metadata (JSON)
--- Returns {shift, result_1, result_2, ...}; result = archive id, or false when the message was
--- not found (a worker took it, or it changed).
+-- ARGV[6+4i .. 9+4i], tail first: dr (distance from the tail when read, less this run's removals
+--   nearer the tail), p (pops to try first), exact bytes, archive metadata (JSON)
+-- Returns two values per target: the archive id, 'resume' (budget spent before it was reached)
+-- or false (gone: a worker took it, or it changed); and the pop count where it was found or
+-- where the search stopped.
 redis.replicate_commands()
 if redis.call('GET', KEYS[3]) ~= ARGV[1] then
   return redis.error_reply('LOCKLOST celery-janitor lock is not held by this run')
 end
-local shift = tonumber(ARGV[3])
-local window = tonumber(ARGV[4])
 local len = redis.call('LLEN', KEYS[1])
+local elements = tonumber(ARGV[3])
+local bytes = tonumber(ARGV[4])
 local results = {}
 local marked = 0
+-- Targets come tail first, so each was read no later than the one before it: at least as many
+-- pops have happened since, and the previous find is a lower bound for this one.
+local carry = 0
 
-local function search(from, to, want)
-  if from < 0 then from = 0 end
-  if to > len - 1 then to = len - 1 end
-  local pos = from
-  while pos <= to do
-    local stop = math.min(pos + 127, to)
-    local chunk = redis.call('LRANGE', KEYS[1], pos, stop)
-    for j = 1, #chunk do
-      if chunk[j] == want then return pos + j - 1 end
+for i = 6, #ARGV, 4 do
+  local dr = tonumber(ARGV[i])
+  local p = tonumber(ARGV[i + 1])
+  local want = ARGV[i + 2]
+  local base = len - 1 - dr
+  if p < carry then p = carry end
+  if p < -base then p = -base end
+  if p < 0 then p = 0 end
+  local found = nil
+  local step = 1
+  local max_step = math.max(1, math.min(256, math.floor(4194304 / math.max(1, #want))))
+  while found == nil and p <= dr and elements > 0 and bytes > 0 do
+    local from = base + p
+    local to = math.min(len - 1, from + step - 1)
+    if from > to then
+      break
     end
-    pos = stop + 1
+    local chunk = redis.call('LRANGE', KEYS[1], from, to)
+    if #chunk == 0 then
+      break
+    end
+    for j = 1, #chunk do
+      elements = elements - 1
+      bytes = bytes - #chunk[j]
+      if chunk[j] == want then
+        found = from + j - 1
+        break
+      end
+    end
+    if found == nil then
+      p = p + #chunk
+      step = math.min(step * 4, max_step)
+    end
   end
-  return -1
-end
-
-for i = 6, #ARGV, 3 do
-  local low = tonumber(ARGV[i])
-  local want = ARGV[i + 1]
-  local found = search(low + shift, low + shift + window, want)
-  if found < 0 and shift > 0 then
-    found = search(low, low + shift - 1, want)
-  end
-  if found >= 0 then
-    shift = found - low
+  if found ~= nil then
     redis.call('LSET', KEYS[1], found, ARGV[2])
     marked = marked + 1
     results[#results + 1] = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*',
-      'kind', 'queue', 'key', KEYS[1], 'value', want, 'meta', ARGV[i + 2])
+      'kind', 'queue', 'key', KEYS[1], 'value', want, 'meta', ARGV[i + 3])
+    carry = found - base
+    results[#results + 1] = carry
+  elseif p <= dr and (elements <= 0 or bytes <= 0) then
+    results[#results + 1] = 'resume'
+    results[#results + 1] = p
   else
+    -- Searched to the tail: it was popped (pops take the tail first, so more than `dr` pops
+    -- happened since it was read), or changed. Messages read no later have seen as many pops.
+    if dr + 1 > carry then carry = dr + 1 end
     results[#results + 1] = false
+    results[#results + 1] = p
   end
 end
 if marked > 0 then
-  redis.call('LREM', KEYS[1], marked, ARGV[2])
+  redis.call('LREM', KEYS[1], -marked, ARGV[2])
 end
-table.insert(results, 1, shift)
 return results

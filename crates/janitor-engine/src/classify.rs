@@ -75,6 +75,8 @@ pub struct Entry {
     pub field: Option<Vec<u8>>,
     /// List index from the head when read.
     pub index: Option<i64>,
+    /// The list's length when this entry was read (index and length come from one MULTI).
+    pub list_len: Option<i64>,
     pub result_status: Option<String>,
     pub date_done: Option<DateTime<Utc>>,
     pub eta: Option<String>,
@@ -98,6 +100,7 @@ impl Entry {
             raw,
             field: None,
             index: None,
+            list_len: None,
             result_status: None,
             date_done: None,
             eta: None,
@@ -148,6 +151,7 @@ pub(crate) enum RawEntry {
         key: Vec<u8>,
         queue: String,
         index: i64,
+        list_len: i64,
         raw: Vec<u8>,
     },
     Unacked {
@@ -171,11 +175,13 @@ pub(crate) fn pre_classify(raw: RawEntry, owners: &Owners) -> Entry {
             key,
             queue,
             index,
+            list_len,
             raw,
         } => {
             let mut e = Entry::new(Location::Queue, key, raw);
             e.queue = Some(queue);
             e.index = Some(index);
+            e.list_len = Some(list_len);
             match Envelope::parse(&e.raw) {
                 Ok(env) => classify_message(e, &env, owners),
                 Err(err) => e.undecidable(format!("not a Celery message: {err}")),
@@ -369,6 +375,7 @@ mod tests {
             key: b"celery".to_vec(),
             queue: "celery".into(),
             index: 0,
+            list_len: 1,
             raw: raw.as_bytes().to_vec(),
         }
     }

@@ -20,8 +20,9 @@ use crate::redis_io::{RedisHandle, LOCK_TTL_MS};
 
 /// Entries per Lua call: keeps each atomic step short so Redis stays responsive.
 const BATCH: usize = 100;
-/// How far past its expected position a queued message is searched for.
-const SEARCH_WINDOW: i64 = 5000;
+/// Work cap of one list-removal call: elements and bytes compared. Keeps each atomic step short.
+const SEARCH_ELEMENTS: i64 = 20_000;
+const SEARCH_BYTES: i64 = 32 * 1024 * 1024;
 /// Approximate cap of the Redis archive stream (the archive files keep everything).
 const ARCHIVE_MAXLEN: u64 = 100_000;
 
@@ -451,8 +452,7 @@ impl Janitor {
                 Location::Result => results.push(e),
             }
         }
-        for (key, mut list) in lists {
-            list.sort_by_key(|e| e.index.unwrap_or(0));
+        for (key, list) in lists {
             self.remove_from_list(run_id, reason, &key, list, locks, report, progress)
                 .await?;
         }
@@ -474,57 +474,74 @@ impl Janitor {
         Ok(())
     }
 
+    /// Removes one list's confirmed orphans, tail first (see `remove_list_entries.lua`).
     #[allow(clippy::too_many_arguments)]
     async fn remove_from_list(
         &self,
         run_id: &str,
         reason: &str,
         key: &[u8],
-        entries: Vec<Entry>,
+        mut entries: Vec<Entry>,
         locks: &Locks,
         report: &mut CleanupReport,
         progress: &dyn Progress,
     ) -> Result<()> {
         let archive = self.own_key("archive");
         let lock_key = self.own_key("lock");
-        let mut shift: i64 = 0;
-        let mut removed_before: i64 = 0;
         let mut con = self.broker.con.clone();
-        for batch in entries.chunks(BATCH) {
+        // Tail first: the consume end, where workers will take messages soonest.
+        entries.sort_by_key(|e| std::cmp::Reverse(e.index.unwrap_or(0)));
+        let mut pending: std::collections::VecDeque<(Entry, i64)> =
+            entries.into_iter().map(|e| (e, 0)).collect();
+        let mut removed: i64 = 0;
+        while !pending.is_empty() {
             self.refresh_locks(locks).await?;
+            let batch: Vec<(Entry, i64)> = pending.drain(..pending.len().min(BATCH)).collect();
             let tombstone = format!("celery-janitor:tombstone:{}", uuid::Uuid::new_v4());
             let mut inv = self.scripts.remove_list.key(key);
             inv.key(&archive).key(&lock_key);
             inv.arg(self.lock_token(locks, false))
                 .arg(&tombstone)
-                .arg(shift)
-                .arg(SEARCH_WINDOW)
+                .arg(SEARCH_ELEMENTS)
+                .arg(SEARCH_BYTES)
                 .arg(ARCHIVE_MAXLEN);
-            for e in batch {
-                let low = (e.index.unwrap_or(0) - removed_before).max(0);
-                inv.arg(low).arg(&e.raw).arg(stream_meta(run_id, e, reason));
+            for (e, p) in &batch {
+                let from_tail = e.list_len.unwrap_or(0) - 1 - e.index.unwrap_or(0);
+                inv.arg(from_tail - removed)
+                    .arg(*p)
+                    .arg(&e.raw)
+                    .arg(stream_meta(run_id, e, reason));
             }
             let reply: Vec<redis::Value> = inv.invoke_async(&mut con).await?;
-            let mut it = reply.into_iter();
-            shift = it
-                .next()
-                .and_then(|v| redis::from_redis_value::<i64>(v).ok())
-                .unwrap_or(shift);
             let mut records = Vec::new();
-            for (e, id) in batch.iter().zip(it) {
-                match redis::from_redis_value::<Option<String>>(id).ok().flatten() {
+            let mut resume = Vec::new();
+            for ((e, _), pair) in batch.into_iter().zip(reply.chunks(2)) {
+                let p = redis::from_redis_value_ref::<i64>(&pair[1]).unwrap_or(0);
+                match redis::from_redis_value_ref::<Option<String>>(&pair[0])
+                    .ok()
+                    .flatten()
+                {
+                    Some(status) if status == "resume" => resume.push((e, p)),
                     Some(archive_id) => {
-                        removed_before += 1;
+                        removed += 1;
                         report.removed.add(Location::Queue, 1);
                         report.archived += 1;
-                        records
-                            .push(self.record(run_id, "broker", e, archive_id, reason, None, None));
+                        records.push(
+                            self.record(run_id, "broker", &e, archive_id, reason, None, None),
+                        );
+                        progress.advance(1);
                     }
-                    None => report.skipped.changed += 1,
+                    None => {
+                        report.skipped.changed += 1;
+                        progress.advance(1);
+                    }
                 }
             }
             self.write_records(run_id, &records)?;
-            progress.advance(batch.len() as u64);
+            // Targets the budget did not reach go first in the next call, from where it stopped.
+            for item in resume.into_iter().rev() {
+                pending.push_front(item);
+            }
         }
         Ok(())
     }

@@ -10,6 +10,7 @@ use redis::{AsyncCommands, Script};
 use crate::error::{EngineError, Result};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(600);
 /// kombu's `unacked_mutex` expiry (`unacked_mutex_expire`, 300 s).
 const UNACKED_MUTEX_TTL_MS: u64 = 300_000;
 pub(crate) const LOCK_TTL_MS: u64 = 120_000;
@@ -50,11 +51,18 @@ impl RedisHandle {
         };
         let client = redis::Client::open(url.expose()).map_err(|e| unavailable(e.to_string()))?;
         let db = client.get_connection_info().redis_settings().db();
-        let mut con =
-            tokio::time::timeout(CONNECT_TIMEOUT, client.get_multiplexed_async_connection())
-                .await
-                .map_err(|_| unavailable("timed out after 5 s".into()))?
-                .map_err(|e| unavailable(e.to_string()))?;
+        // Removal scripts are capped, but a busy server can still be slow to answer; never
+        // give up on a reply to a script that may have run (its outcome would go unrecorded).
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT));
+        let mut con = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            client.get_multiplexed_async_connection_with_config(&config),
+        )
+        .await
+        .map_err(|_| unavailable("timed out after 5 s".into()))?
+        .map_err(|e| unavailable(e.to_string()))?;
         let _: String = redis::cmd("PING")
             .query_async(&mut con)
             .await

@@ -10,6 +10,43 @@ use crate::janitor::Janitor;
 use crate::progress::Progress;
 
 const PAGE: usize = 500;
+/// How many recent messages of a list are remembered to skip repeats across pages.
+const DEDUP_WINDOW: usize = 20 * PAGE;
+
+/// Hashes of the last `cap` messages read from a list. A repeat inside the window is a message
+/// seen twice because the list moved between page reads (or, rarely, two byte-identical
+/// messages: the second is then left for the next run, which errs on the safe side).
+struct RecentWindow {
+    cap: usize,
+    order: std::collections::VecDeque<u64>,
+    seen: std::collections::HashSet<u64>,
+}
+
+impl RecentWindow {
+    fn new(cap: usize) -> Self {
+        RecentWindow {
+            cap,
+            order: Default::default(),
+            seen: Default::default(),
+        }
+    }
+
+    /// False if `raw` was seen within the window.
+    fn insert(&mut self, raw: &[u8]) -> bool {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let h = BuildHasherDefault::<DefaultHasher>::default().hash_one(raw);
+        if !self.seen.insert(h) {
+            return false;
+        }
+        self.order.push_back(h);
+        if self.order.len() > self.cap {
+            if let Some(old) = self.order.pop_front() {
+                self.seen.remove(&old);
+            }
+        }
+        true
+    }
+}
 
 /// Which locations a scan reads (all by default).
 #[derive(Debug, Clone)]
@@ -228,9 +265,16 @@ impl Janitor {
             &format!("queue {}", crate::archive::printable(key)),
             Some(len as u64),
         );
+        // Producers' LPUSHes between two page reads shift messages towards the tail, so the
+        // next page can repeat a few; remember the recent ones to count each message once.
+        let mut recent = RecentWindow::new(DEDUP_WINDOW);
         let mut start: i64 = 0;
         loop {
-            let items: Vec<Vec<u8>> = redis::cmd("LRANGE")
+            let (list_len, items): (i64, Vec<Vec<u8>>) = redis::pipe()
+                .atomic()
+                .cmd("LLEN")
+                .arg(key)
+                .cmd("LRANGE")
                 .arg(key)
                 .arg(start)
                 .arg(start + PAGE as i64 - 1)
@@ -240,10 +284,12 @@ impl Janitor {
             let raws = items
                 .into_iter()
                 .enumerate()
+                .filter(|(_, raw)| recent.insert(raw))
                 .map(|(i, raw)| RawEntry::Queue {
                     key: key.to_vec(),
                     queue: name.to_owned(),
                     index: start + i as i64,
+                    list_len,
                     raw,
                 })
                 .collect();
