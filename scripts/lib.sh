@@ -1,0 +1,109 @@
+# Shared by scripts/setup and scripts/test. Source it; do not run it.
+# shellcheck shell=bash
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${CJ_VENV:-$REPO_ROOT/.venv}"
+PY_REQUIREMENTS="$REPO_ROOT/tests/requirements-dev.txt"
+
+say() { printf '==> %s\n' "$*"; }
+warn() { printf 'warning: %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# Run a command as root: directly when we are root, through sudo otherwise.
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo "$@"
+    else
+        die "need root for: $* (run as root or install sudo)"
+    fi
+}
+
+# Make cargo visible when rustup installed it but this shell has not sourced its env.
+ensure_cargo_on_path() {
+    if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
+        export PATH="$HOME/.cargo/bin:$PATH"
+    fi
+}
+
+# The PostgreSQL cluster version, e.g. 15 (empty when PostgreSQL is not installed).
+pg_version() {
+    if [ -d /etc/postgresql ]; then
+        # shellcheck disable=SC2012
+        ls /etc/postgresql | sort -V | tail -n 1
+    fi
+}
+
+pg_is_running() {
+    command -v pg_isready >/dev/null 2>&1 && pg_isready -q -h 127.0.0.1 -p 5432
+}
+
+# Start the local PostgreSQL cluster if it is installed and not running.
+ensure_postgres_running() {
+    if pg_is_running; then
+        return 0
+    fi
+    local ver
+    ver="$(pg_version)"
+    if [ -z "$ver" ]; then
+        die "PostgreSQL is not installed: run scripts/setup first"
+    fi
+    say "starting PostgreSQL $ver"
+    if command -v pg_ctlcluster >/dev/null 2>&1; then
+        as_root pg_ctlcluster --skip-systemctl-redirect "$ver" main start ||
+            as_root service postgresql start
+    else
+        as_root service postgresql start
+    fi
+    local _
+    for _ in $(seq 1 30); do
+        pg_is_running && return 0
+        sleep 1
+    done
+    die "PostgreSQL did not come up on 127.0.0.1:5432 (see /var/log/postgresql/)"
+}
+
+# Make sure the current OS user has a PostgreSQL superuser role (the tests create and drop a
+# database per test, connecting as that user over TCP).
+ensure_pg_role() {
+    local user
+    user="$(id -un)"
+    if psql -h 127.0.0.1 -U "$user" -d postgres -tAc 'SELECT 1' >/dev/null 2>&1; then
+        return 0
+    fi
+    say "creating PostgreSQL superuser role '$user'"
+    local sql="DO \$\$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$user') THEN CREATE ROLE \"$user\" LOGIN SUPERUSER; END IF; END \$\$;"
+    if [ "$(id -u)" -eq 0 ]; then
+        su postgres -s /bin/sh -c "psql -q -d postgres -c \"$sql\"" ||
+            die "could not create role $user"
+    else
+        sudo -u postgres psql -q -d postgres -c "$sql" || die "could not create role $user"
+    fi
+    if ! psql -h 127.0.0.1 -U "$user" -d postgres -tAc 'SELECT 1' >/dev/null 2>&1; then
+        warn "role '$user' exists but a TCP login as '$user' to 127.0.0.1:5432 still fails."
+        warn "The tests need it: allow it in pg_hba.conf, or set CJ_TEST_PG_ADMIN_URL to a"
+        warn "URL with a password, e.g. postgresql://$user:secret@127.0.0.1:5432/postgres"
+    fi
+}
+
+# Create the venv and install the pinned Python packages; reinstall only when the requirement
+# files changed.
+ensure_venv() {
+    local python="${PYTHON:-python3}"
+    command -v "$python" >/dev/null 2>&1 || die "$python not found: run scripts/setup first"
+    if [ ! -x "$VENV/bin/python" ]; then
+        say "creating the Python venv in $VENV"
+        "$python" -m venv "$VENV" ||
+            die "could not create a venv (on Debian/Ubuntu: apt-get install python3-venv)"
+    fi
+    local stamp="$VENV/.requirements.sha256" want have=""
+    want="$(cat "$PY_REQUIREMENTS" "$REPO_ROOT/tests/interop/requirements.txt" | sha256sum | cut -d' ' -f1)"
+    [ -f "$stamp" ] && have="$(cat "$stamp")"
+    if [ "$want" != "$have" ]; then
+        say "installing pinned Python packages (celery==5.7.0, …) into $VENV"
+        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
+        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$PY_REQUIREMENTS"
+        echo "$want" >"$stamp"
+    fi
+}
