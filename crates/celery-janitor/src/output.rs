@@ -148,6 +148,19 @@ pub fn status(r: &StatusReport, settings: &Settings, json: bool) -> Result<()> {
             if r.results.unnamed == 1 { "" } else { "s" }
         );
     }
+    if r.results.groups + r.results.chords_in_progress > 0 {
+        println!(
+            "Groups: {} saved group result{}, {} chord{} in progress (never removed).",
+            r.results.groups,
+            if r.results.groups == 1 { "" } else { "s" },
+            r.results.chords_in_progress,
+            if r.results.chords_in_progress == 1 {
+                ""
+            } else {
+                "s"
+            }
+        );
+    }
     if settings.owners.is_empty() {
         println!("NOTE: no [[owners]] rules are configured: every task is unowned. See `celery-janitor init`.");
     }

@@ -52,6 +52,11 @@ pub struct TaskCounts {
 pub struct ResultCounts {
     /// Result keys with no task name (`result_extended` off).
     pub unnamed: u64,
+    /// Saved group results (`celery-taskset-meta-<gid>`). Reported, never removed.
+    pub groups: u64,
+    /// Chords whose header is still being joined (`.j`/`.s`/`.d`/`.t` keys). Never removed:
+    /// without them the chord body never fires.
+    pub chords_in_progress: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -175,11 +180,37 @@ impl Janitor {
         for rule in self.settings.owners.rules() {
             tasks.in_database += self.db.count_rows(rule).await?;
         }
+        self.count_group_keys(&mut results).await?;
         Ok(StatusReport {
             redis,
             tasks,
             results,
         })
+    }
+
+    /// Counts saved groups and chords in progress, by one SCAN of `celery-taskset-meta-*`.
+    async fn count_group_keys(&self, results: &mut ResultCounts) -> Result<()> {
+        let pattern = self.backend_layout.taskset_scan_pattern();
+        let mut chords = std::collections::BTreeSet::new();
+        let mut cursor = 0;
+        loop {
+            let (next, keys) = self.backend.scan_page(cursor, &pattern, 1000).await?;
+            for key in &keys {
+                match self.backend_layout.classify(key) {
+                    janitor_wire::BackendKey::GroupMeta { .. } => results.groups += 1,
+                    janitor_wire::BackendKey::ChordPart { group_id, part } if part != b'c' => {
+                        chords.insert(group_id.to_vec());
+                    }
+                    _ => {}
+                }
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        results.chords_in_progress = chords.len() as u64;
+        Ok(())
     }
 
     /// Every classified entry, streamed to `sink`. Orphan candidates are held back until they

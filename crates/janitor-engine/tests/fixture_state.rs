@@ -21,6 +21,12 @@ use support::{Capture, Dump};
 const LIVE_IDS: [i64; 2] = [2, 3];
 
 async fn janitor_for(redis: &TestRedis, dir: &std::path::Path) -> Janitor {
+    let section = format!("url = \"{}\"", redis.url());
+    janitor_with(&section, dir).await
+}
+
+/// A janitor whose `[redis]` section is `redis_section`.
+async fn janitor_with(redis_section: &str, dir: &std::path::Path) -> Janitor {
     let db = dir.join("owners.sqlite");
     let url = format!("sqlite://{}?mode=rwc", db.display());
     {
@@ -44,7 +50,7 @@ async fn janitor_for(redis: &TestRedis, dir: &std::path::Path) -> Janitor {
         format!(
             r#"
 [redis]
-url = "{redis}"
+{redis_section}
 [database]
 url = "{url}"
 [cleanup]
@@ -60,7 +66,6 @@ id_column = "id"
 tasks = ["app.add"]
 id_from = "arg:0"
 "#,
-            redis = redis.url(),
             dir = dir.display(),
         ),
     )
@@ -255,5 +260,123 @@ async fn a_second_cleanup_is_refused_while_one_holds_the_lock() {
     assert!(
         matches!(err, janitor_engine::EngineError::Busy { .. }),
         "{err}"
+    );
+}
+
+/// Broker in db 1 and backend in db 2, both with `global_keyprefix = "myapp"` (raw for the
+/// broker, `myapp_` for the backend), as captured from Celery 5.7.
+#[tokio::test]
+async fn key_prefixes_and_separate_broker_and_backend_databases() {
+    let (_, path) = support::scenario("H")
+        .into_iter()
+        .find(|(c, _)| *c == Capture::Celery57Same)
+        .unwrap();
+    let dump = Dump::load(&path);
+    let redis = TestRedis::start().await;
+    let in_section = |name: &'static str| {
+        move |e: &support::Entry| e.section.as_deref().is_some_and(|s| s.contains(name))
+    };
+    redis.load_into(&dump, 1, in_section("broker")).await;
+    redis.load_into(&dump, 2, in_section("backend")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let section = format!(
+        "broker_url = \"{}\"\nresult_backend_url = \"{}\"\nglobal_keyprefix = \"myapp\"",
+        redis.url_db(1),
+        redis.url_db(2)
+    );
+    let j = janitor_with(&section, dir.path()).await;
+
+    let entries = classify(&j).await;
+    let seen: BTreeMap<Location, usize> = entries.iter().fold(BTreeMap::new(), |mut m, e| {
+        *m.entry(e.location).or_default() += 1;
+        m
+    });
+    assert!(
+        seen.get(&Location::Queue).is_some_and(|n| *n > 0),
+        "{seen:?}"
+    );
+    assert!(
+        seen.get(&Location::Unacked).is_some_and(|n| *n > 0),
+        "{seen:?}"
+    );
+    assert!(
+        seen.get(&Location::Result).is_some_and(|n| *n > 0),
+        "{seen:?}"
+    );
+    for e in &entries {
+        assert_eq!(
+            e.state,
+            expected_state(e.location, &e.raw),
+            "{:?} {:?}",
+            e.location,
+            e.task_id
+        );
+    }
+    let orphans: Vec<(Vec<u8>, Vec<u8>)> = entries
+        .iter()
+        .filter(|e| e.state == State::Orphaned)
+        .map(|e| (e.key.clone(), e.raw.clone()))
+        .collect();
+    assert!(!orphans.is_empty());
+
+    let (broker_before, backend_before) = (
+        Snapshot::take_db(&redis, 1).await,
+        Snapshot::take_db(&redis, 2).await,
+    );
+    let report = j
+        .cleanup_orphans(&CleanupOptions::default(), &NoProgress)
+        .await
+        .unwrap();
+    assert_eq!(report.removed.total(), orphans.len() as u64);
+    broker_before.assert_only_removed(&Snapshot::take_db(&redis, 1).await, &orphans, "broker db");
+    assert_eq!(
+        backend_before,
+        Snapshot::take_db(&redis, 2).await,
+        "the backend db changed"
+    );
+    // The janitor's own keys carry the broker prefix.
+    let mut con = redis.con_db(1).await;
+    let archived: i64 = redis::cmd("XLEN")
+        .arg("myappcelery-janitor:archive")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(archived, orphans.len() as i64);
+
+    j.restore(&RestoreOptions::default(), &NoProgress)
+        .await
+        .unwrap();
+    broker_before.assert_same_content(&Snapshot::take_db(&redis, 1).await, "broker db");
+}
+
+/// Groups and chords are counted, never classified or removed.
+#[tokio::test]
+async fn status_counts_saved_groups_and_leaves_chord_keys_alone() {
+    let (_, path) = support::scenario("D")
+        .into_iter()
+        .find(|(c, _)| *c == Capture::Celery57Same)
+        .unwrap();
+    let dump = Dump::load(&path);
+    let redis = TestRedis::start().await;
+    redis.load(&dump).await;
+    let dir = tempfile::tempdir().unwrap();
+    let j = janitor_for(&redis, dir.path()).await;
+    let status = j.status(0.0, &NoProgress).await.unwrap();
+    assert_eq!(status.results.groups, 1, "{status:?}");
+    // The chord in this capture finished: only its `.c` = done marker is left.
+    assert_eq!(status.results.chords_in_progress, 0, "{status:?}");
+    j.cleanup_orphans(&CleanupOptions::default(), &NoProgress)
+        .await
+        .unwrap();
+    let mut con = redis.con().await;
+    let tasksets: Vec<Vec<u8>> = redis::cmd("KEYS")
+        .arg("celery-taskset-meta-*")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(
+        tasksets.len(),
+        2,
+        "group and chord keys must survive a cleanup"
     );
 }

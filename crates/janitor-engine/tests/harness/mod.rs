@@ -66,21 +66,40 @@ impl TestRedis {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        self.url_db(0)
+    }
+
+    pub fn url_db(&self, db: i64) -> String {
+        format!("redis://127.0.0.1:{}/{db}", self.port)
     }
 
     pub async fn con(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.url())
+        self.con_db(0).await
+    }
+
+    pub async fn con_db(&self, db: i64) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url_db(db))
             .unwrap()
             .get_multiplexed_async_connection()
             .await
             .unwrap()
     }
 
-    /// Writes a captured keyspace. Lists keep their order (the dump is head first).
+    /// Writes a captured keyspace into database 0.
     pub async fn load(&self, dump: &Dump) {
-        let mut con = self.con().await;
-        for e in &dump.entries {
+        self.load_into(dump, 0, |_| true).await
+    }
+
+    /// Writes the entries `pick` selects into database `db`. Lists keep their order (the dump
+    /// is head first).
+    pub async fn load_into(
+        &self,
+        dump: &Dump,
+        db: i64,
+        pick: impl Fn(&crate::support::Entry) -> bool,
+    ) {
+        let mut con = self.con_db(db).await;
+        for e in dump.entries.iter().filter(|e| pick(e)) {
             let cmd = match &e.value {
                 Value::List(items) => {
                     let mut c = redis::cmd("RPUSH");
@@ -147,15 +166,31 @@ pub struct Snapshot(pub BTreeMap<Vec<u8>, Val>);
 
 impl Snapshot {
     pub async fn take(redis: &TestRedis) -> Snapshot {
-        let mut con = redis.con().await;
-        let keys: Vec<Vec<u8>> = redis::cmd("KEYS")
-            .arg("*")
-            .query_async(&mut con)
-            .await
-            .unwrap();
+        Self::take_db(redis, 0).await
+    }
+
+    pub async fn take_db(redis: &TestRedis, db: i64) -> Snapshot {
+        let mut con = redis.con_db(db).await;
+        let mut keys: Vec<Vec<u8>> = Vec::new();
+        let mut cursor = 0u64;
+        loop {
+            let (next, page): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut con)
+                .await
+                .unwrap();
+            keys.extend(page);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
         let mut map = BTreeMap::new();
         for k in keys {
-            if k.starts_with(b"celery-janitor:") {
+            // celery-janitor's own keys (after any broker prefix) are not Celery's state.
+            if k.windows(15).any(|w| w == b"celery-janitor:") {
                 continue;
             }
             let ty: String = redis::cmd("TYPE")
@@ -205,7 +240,7 @@ impl Snapshot {
                         .await
                         .unwrap(),
                 ),
-                other => panic!("unexpected type {other}"),
+                other => panic!("unexpected type {other} of {}", crate::support::show(&k)),
             };
             map.insert(k, v);
         }
