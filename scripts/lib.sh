@@ -69,7 +69,8 @@ ensure_postgres_running() {
 ensure_pg_role() {
     local user
     user="$(id -un)"
-    if psql -h 127.0.0.1 -U "$user" -d postgres -tAc 'SELECT 1' >/dev/null 2>&1; then
+    if psql -h 127.0.0.1 -U "$user" -d postgres -tAc 'SELECT 1' >/dev/null 2>&1 ||
+        psql -h /var/run/postgresql -U "$user" -d postgres -tAc 'SELECT 1' >/dev/null 2>&1; then
         return 0
     fi
     say "creating PostgreSQL superuser role '$user'"
@@ -80,10 +81,26 @@ ensure_pg_role() {
     else
         sudo -u postgres psql -q -d postgres -c "$sql" || die "could not create role $user"
     fi
-    if ! psql -h 127.0.0.1 -U "$user" -d postgres -tAc 'SELECT 1' >/dev/null 2>&1; then
-        warn "role '$user' exists but a TCP login as '$user' to 127.0.0.1:5432 still fails."
-        warn "The tests need it: allow it in pg_hba.conf, or set CJ_TEST_PG_ADMIN_URL to a"
+    if ! psql -h 127.0.0.1 -U "$user" -d postgres -tAc 'SELECT 1' >/dev/null 2>&1 &&
+        ! psql -h /var/run/postgresql -U "$user" -d postgres -tAc 'SELECT 1' >/dev/null 2>&1; then
+        warn "role '$user' exists but neither a TCP nor a socket login as '$user' works."
+        warn "The tests need one: allow it in pg_hba.conf, or set CJ_TEST_PG_ADMIN_URL to a"
         warn "URL with a password, e.g. postgresql://$user:secret@127.0.0.1:5432/postgres"
+    fi
+}
+
+# Point the tests at PostgreSQL as the current user: over TCP when that login works, else over
+# the local socket (a fresh Debian install allows socket "peer" logins but asks for a password
+# on TCP). Keeps a CJ_TEST_PG_ADMIN_URL that is already set.
+export_pg_admin_url() {
+    [ -n "${CJ_TEST_PG_ADMIN_URL:-}" ] && return 0
+    local user socket_dir=/var/run/postgresql
+    user="$(id -un)"
+    if psql -h 127.0.0.1 -U "$user" -d postgres -tAc 'SELECT 1' >/dev/null 2>&1; then
+        export CJ_TEST_PG_ADMIN_URL="postgresql://$user@127.0.0.1:5432/postgres"
+    elif psql -h "$socket_dir" -U "$user" -d postgres -tAc 'SELECT 1' >/dev/null 2>&1; then
+        export CJ_TEST_PG_ADMIN_URL="postgresql://$user@localhost/postgres?host=$socket_dir"
+        say "PostgreSQL: using the local socket ($socket_dir) as '$user'"
     fi
 }
 

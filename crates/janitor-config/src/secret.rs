@@ -11,28 +11,39 @@ pub struct SecretUrl {
 }
 
 impl SecretUrl {
+    /// Checks the scheme and builds the redacted form by hand, so every form the drivers accept
+    /// (an empty host with `?host=/socket/dir`, `unix:///path`) is accepted here too.
     fn parse(raw: &str, schemes: &[&str]) -> Result<Self, String> {
-        let url = url::Url::parse(raw).map_err(|e| format!("not a URL ({e})"))?;
-        let scheme = url.scheme().to_owned();
+        let Some((scheme, rest)) = raw.split_once("://") else {
+            return Err(format!(
+                "not a URL: expected {}://…",
+                schemes.first().copied().unwrap_or("scheme")
+            ));
+        };
+        let scheme = scheme.to_ascii_lowercase();
         if !schemes.contains(&scheme.as_str()) {
             return Err(format!(
                 "unsupported scheme {scheme:?} (expected one of {})",
                 schemes.join(", ")
             ));
         }
-        let mut shown = url.clone();
-        if shown.password().is_some() {
-            let _ = shown.set_password(Some("****"));
-        }
-        let mut redacted = shown.to_string();
+        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(authority_end);
+        let authority = match authority.rsplit_once('@') {
+            Some((userinfo, host)) => match userinfo.split_once(':') {
+                Some((user, _password)) => format!("{user}:****@{host}"),
+                None => format!("{userinfo}@{host}"),
+            },
+            None => authority.to_owned(),
+        };
         // Query strings may carry `password=`; keep them out of logs entirely.
-        if let Some(q) = redacted.find('?') {
-            redacted.truncate(q);
-            redacted.push_str("?…");
-        }
+        let tail = match tail.find('?') {
+            Some(q) => format!("{}?…", &tail[..q]),
+            None => tail.to_owned(),
+        };
         Ok(SecretUrl {
             raw: raw.to_owned(),
-            redacted,
+            redacted: format!("{scheme}://{authority}{tail}"),
             scheme,
         })
     }
@@ -78,5 +89,20 @@ mod tests {
         let d = SecretUrl::parse_database("postgresql://me:pw@db/app?password=x").unwrap();
         assert_eq!(d.to_string(), "postgresql://me:****@db/app?…");
         assert!(SecretUrl::parse_database("mysql://x").is_err());
+        let sock =
+            SecretUrl::parse_database("postgresql://root@/db?host=/var/run/postgresql").unwrap();
+        assert_eq!(sock.to_string(), "postgresql://root@/db?…");
+        assert_eq!(
+            SecretUrl::parse_redis("unix:///run/redis.sock")
+                .unwrap()
+                .to_string(),
+            "unix:///run/redis.sock"
+        );
+        assert_eq!(
+            SecretUrl::parse_redis("redis://:p@ss:w@h:1/0")
+                .unwrap()
+                .to_string(),
+            "redis://:****@h:1/0"
+        );
     }
 }
