@@ -388,6 +388,7 @@ impl Janitor {
         }
 
         if full {
+            let mut batches = Vec::new();
             for (rule_idx, candidates, unsafe_reason) in lost {
                 let rule = &s.owners.rules()[rule_idx];
                 if let Some(why) = unsafe_reason {
@@ -399,27 +400,29 @@ impl Janitor {
                 }
                 let mut ids: Vec<String> = candidates.into_iter().collect();
                 ids.sort();
-                let marked = if opts.dry_run {
-                    ids
-                } else {
-                    let changed = self.db.mark_lost(rule_idx, rule, &ids).await?;
-                    if !changed.is_empty() {
-                        self.audit.event(serde_json::json!({
-                            "action": "mark_lost",
-                            "run_id": run_id,
-                            "table": rule.table,
-                            "status": rule.lost.as_ref().map(|l| l.lost_status.clone()),
-                            "ids": changed,
-                        }))?;
-                    }
-                    changed
-                };
-                report.lost_rows.marked += marked.len() as u64;
+                batches.push((rule_idx, rule, ids));
+            }
+            let marked = if opts.dry_run {
+                batches.iter().map(|(_, _, ids)| ids.clone()).collect()
+            } else {
+                self.db.mark_lost(&batches).await?
+            };
+            for ((_, rule, _), changed) in batches.iter().zip(marked) {
+                if !opts.dry_run && !changed.is_empty() {
+                    self.audit.event(serde_json::json!({
+                        "action": "mark_lost",
+                        "run_id": run_id,
+                        "table": rule.table,
+                        "status": rule.lost.as_ref().map(|l| l.lost_status.clone()),
+                        "ids": changed,
+                    }))?;
+                }
+                report.lost_rows.marked += changed.len() as u64;
                 *report
                     .lost_rows
                     .by_table
                     .entry(rule.table.clone())
-                    .or_default() += marked.len() as u64;
+                    .or_default() += changed.len() as u64;
             }
         }
         Ok(report)

@@ -262,8 +262,7 @@ impl OwnerDb {
         let col = quote_ident(&rule.id_column);
         let status = quote_ident(&lost.status_column);
         let created = quote_ident(&lost.created_column);
-        let cutoff = chrono::Utc::now()
-            - chrono::Duration::milliseconds((lost.lost_after_minutes * 60_000.0) as i64);
+        let cutoff = lost_cutoff(lost.lost_after_minutes);
         let rows = match &self.pool {
             Pool::Pg(pool) => {
                 let sql = format!(
@@ -293,81 +292,100 @@ impl OwnerDb {
         Ok(rows)
     }
 
-    /// Sets `lost_status` on the given rows, in one transaction, only where they are still active
-    /// and old enough. Returns the ids actually changed.
+    /// Sets `lost_status` on the given rows of every table, all in one transaction, only where
+    /// they are still active and old enough. Returns, per batch, the ids actually changed.
     pub async fn mark_lost(
         &self,
-        rule_idx: usize,
-        rule: &OwnerRule,
-        ids: &[String],
-    ) -> Result<Vec<String>> {
-        let Some(lost) = &rule.lost else {
-            return Ok(Vec::new());
+        batches: &[(usize, &OwnerRule, Vec<String>)],
+    ) -> Result<Vec<Vec<String>>> {
+        let any_rule = match batches.first() {
+            Some((_, rule, _)) => *rule,
+            None => return Ok(Vec::new()),
         };
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let table = rule.quoted_table();
-        let col = quote_ident(&rule.id_column);
-        let status = quote_ident(&lost.status_column);
-        let created = quote_ident(&lost.created_column);
-        let cutoff = chrono::Utc::now()
-            - chrono::Duration::milliseconds((lost.lost_after_minutes * 60_000.0) as i64);
-        let mut scratch = Lookup::default();
-        let typed = self.typed(rule_idx, ids, &mut scratch);
+        let mut out = Vec::with_capacity(batches.len());
         match &self.pool {
             Pool::Pg(pool) => {
-                let mut tx = pool.begin().await.map_err(|e| db_error(rule, e))?;
-                let sql = format!(
-                    "UPDATE {table} SET {status} = $1 WHERE {col} = ANY($2) \
-                     AND {status} = ANY($3) AND {created} < $4 RETURNING {col}::text"
-                );
-                let q = sqlx::query_scalar::<_, String>(&sql).bind(&lost.lost_status);
-                let q = match typed {
-                    Ids::Int(v) => q.bind(v),
-                    Ids::Uuid(v) => q.bind(v),
-                    Ids::Text(v) => q.bind(v),
-                };
-                let changed = q
-                    .bind(&lost.active_statuses)
-                    .bind(cutoff)
-                    .fetch_all(&mut *tx)
-                    .await
-                    .map_err(|e| db_error(rule, e))?;
-                tx.commit().await.map_err(|e| db_error(rule, e))?;
-                Ok(changed)
+                let mut tx = pool.begin().await.map_err(|e| db_error(any_rule, e))?;
+                for (rule_idx, rule, ids) in batches {
+                    let Some(lost) = rule.lost.as_ref().filter(|_| !ids.is_empty()) else {
+                        out.push(Vec::new());
+                        continue;
+                    };
+                    let (table, col) = (rule.quoted_table(), quote_ident(&rule.id_column));
+                    let status = quote_ident(&lost.status_column);
+                    let created = quote_ident(&lost.created_column);
+                    let sql = format!(
+                        "UPDATE {table} SET {status} = $1 WHERE {col} = ANY($2) \
+                         AND {status} = ANY($3) AND {created} < $4 RETURNING {col}::text"
+                    );
+                    let q = sqlx::query_scalar::<_, String>(&sql).bind(&lost.lost_status);
+                    let q = match self.typed(*rule_idx, ids, &mut Lookup::default()) {
+                        Ids::Int(v) => q.bind(v),
+                        Ids::Uuid(v) => q.bind(v),
+                        Ids::Text(v) => q.bind(v),
+                    };
+                    let changed = q
+                        .bind(&lost.active_statuses)
+                        .bind(lost_cutoff(lost.lost_after_minutes))
+                        .fetch_all(&mut *tx)
+                        .await
+                        .map_err(|e| db_error(rule, e))?;
+                    out.push(changed);
+                }
+                tx.commit().await.map_err(|e| db_error(any_rule, e))?;
             }
             Pool::Sqlite(pool) => {
-                let mut tx = pool.begin().await.map_err(|e| db_error(rule, e))?;
-                let mut changed = Vec::new();
-                let active = vec!["?"; lost.active_statuses.len()].join(", ");
-                for id in ids {
+                let mut tx = pool.begin().await.map_err(|e| db_error(any_rule, e))?;
+                for (rule_idx, rule, ids) in batches {
+                    let Some(lost) = rule.lost.as_ref() else {
+                        out.push(Vec::new());
+                        continue;
+                    };
+                    let (table, col) = (rule.quoted_table(), quote_ident(&rule.id_column));
+                    let status = quote_ident(&lost.status_column);
+                    let created = quote_ident(&lost.created_column);
+                    let active = vec!["?"; lost.active_statuses.len()].join(", ");
                     let sql = format!(
                         "UPDATE {table} SET {status} = ? WHERE {col} = ? AND {status} IN ({active}) \
                          AND {created} < ?"
                     );
-                    let mut q = sqlx::query(&sql).bind(lost.lost_status.clone());
-                    q = match self.kinds[rule_idx] {
-                        IdKind::Int => q.bind(id.parse::<i64>().unwrap_or_default()),
-                        _ => q.bind(id.clone()),
-                    };
-                    for s in &lost.active_statuses {
-                        q = q.bind(s.clone());
+                    let cutoff = lost_cutoff(lost.lost_after_minutes)
+                        .format("%Y-%m-%d %H:%M:%S")
+                        .to_string();
+                    let mut changed = Vec::new();
+                    for id in ids {
+                        let mut q = sqlx::query(&sql).bind(lost.lost_status.clone());
+                        q = match self.kinds[*rule_idx] {
+                            IdKind::Int => match id.parse::<i64>() {
+                                Ok(n) => q.bind(n),
+                                Err(_) => continue,
+                            },
+                            _ => q.bind(id.clone()),
+                        };
+                        for st in &lost.active_statuses {
+                            q = q.bind(st.clone());
+                        }
+                        let done = q
+                            .bind(cutoff.clone())
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(|e| db_error(rule, e))?;
+                        if done.rows_affected() > 0 {
+                            changed.push(id.clone());
+                        }
                     }
-                    let done = q
-                        .bind(cutoff.format("%Y-%m-%d %H:%M:%S").to_string())
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(|e| db_error(rule, e))?;
-                    if done.rows_affected() > 0 {
-                        changed.push(id.clone());
-                    }
+                    out.push(changed);
                 }
-                tx.commit().await.map_err(|e| db_error(rule, e))?;
-                Ok(changed)
+                tx.commit().await.map_err(|e| db_error(any_rule, e))?;
             }
         }
+        Ok(out)
     }
+}
+
+/// Rows created before this are old enough to be lost.
+fn lost_cutoff(minutes: f64) -> chrono::DateTime<chrono::Utc> {
+    chrono::Utc::now() - chrono::Duration::milliseconds((minutes * 60_000.0) as i64)
 }
 
 fn sql_string(s: &str) -> String {

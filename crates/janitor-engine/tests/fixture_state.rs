@@ -22,11 +22,11 @@ const LIVE_IDS: [i64; 2] = [2, 3];
 
 async fn janitor_for(redis: &TestRedis, dir: &std::path::Path) -> Janitor {
     let section = format!("url = \"{}\"", redis.url());
-    janitor_with(&section, dir).await
+    janitor_with(&section, "", dir).await
 }
 
-/// A janitor whose `[redis]` section is `redis_section`.
-async fn janitor_with(redis_section: &str, dir: &std::path::Path) -> Janitor {
+/// A janitor whose `[redis]` section is `redis_section`, with `owner_extra` added to its rule.
+async fn janitor_with(redis_section: &str, owner_extra: &str, dir: &std::path::Path) -> Janitor {
     let db = dir.join("owners.sqlite");
     let url = format!("sqlite://{}?mode=rwc", db.display());
     {
@@ -65,6 +65,7 @@ table = "adds"
 id_column = "id"
 tasks = ["app.add"]
 id_from = "arg:0"
+{owner_extra}
 "#,
             dir = dir.display(),
         ),
@@ -284,7 +285,7 @@ async fn key_prefixes_and_separate_broker_and_backend_databases() {
         redis.url_db(1),
         redis.url_db(2)
     );
-    let j = janitor_with(&section, dir.path()).await;
+    let j = janitor_with(&section, "", dir.path()).await;
 
     let entries = classify(&j).await;
     let seen: BTreeMap<Location, usize> = entries.iter().fold(BTreeMap::new(), |mut m, e| {
@@ -378,5 +379,83 @@ async fn status_counts_saved_groups_and_leaves_chord_keys_alone() {
         tasksets.len(),
         2,
         "group and chord keys must survive a cleanup"
+    );
+}
+
+/// Lost rows, on SQLite: active and old, with no message and no in-flight result.
+#[tokio::test]
+async fn full_cleanup_marks_lost_rows_in_sqlite() {
+    let (_, path) = support::scenario("A")
+        .into_iter()
+        .find(|(c, _)| *c == Capture::Celery57Same)
+        .unwrap();
+    let redis = TestRedis::start().await;
+    redis.load(&Dump::load(&path)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let lost = "status_column = \"status\"\nactive_statuses = [\"pending\"]\nlost_status = \"lost\"\ncreated_column = \"created_at\"\nlost_after_minutes = 30";
+    let section = format!("url = \"{}\"", redis.url());
+    // Row 2 has queued work (app.add(2, 3)); row 70 has none; row 71 is too young.
+    let j = janitor_with(&section, lost, dir.path()).await;
+    let url = format!("sqlite://{}", dir.path().join("owners.sqlite").display());
+    {
+        use sqlx::Connection;
+        let mut con = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        for (id, created) in [(70, "2020-01-01 00:00:00"), (71, "2999-01-01 00:00:00")] {
+            sqlx::query("INSERT INTO adds (id, status, created_at) VALUES (?, 'pending', ?)")
+                .bind(id)
+                .bind(created)
+                .execute(&mut con)
+                .await
+                .unwrap();
+        }
+        sqlx::query("UPDATE adds SET status = 'pending' WHERE id = 2")
+            .execute(&mut con)
+            .await
+            .unwrap();
+    }
+    // The capture holds app.add messages whose first argument is missing or not an integer:
+    // they could be any row's, so no row of the table may be called lost.
+    let dry = CleanupOptions {
+        dry_run: true,
+        ..Default::default()
+    };
+    let report = j.full_cleanup(&dry, &NoProgress).await.unwrap();
+    assert!(
+        report.lost_rows.skipped_tables.contains_key("adds"),
+        "{report:?}"
+    );
+    assert_eq!(report.lost_rows.marked, 0);
+    let mut con = redis.con().await;
+    for e in classify(&j).await {
+        if e.state == State::Undecidable {
+            let _: i64 = redis::cmd("LREM")
+                .arg(&e.key)
+                .arg(1)
+                .arg(&e.raw)
+                .query_async(&mut con)
+                .await
+                .unwrap();
+        }
+    }
+
+    let report = j
+        .full_cleanup(&CleanupOptions::default(), &NoProgress)
+        .await
+        .unwrap();
+    assert_eq!(report.lost_rows.marked, 1, "{report:?}");
+    use sqlx::Connection;
+    let mut con = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    let rows: Vec<(i64, String)> = sqlx::query_as("SELECT id, status FROM adds ORDER BY id")
+        .fetch_all(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(
+        rows,
+        vec![
+            (2, "pending".into()),
+            (3, "done".into()),
+            (70, "lost".into()),
+            (71, "pending".into())
+        ]
     );
 }
