@@ -231,21 +231,10 @@ fn classify_message(mut e: Entry, env: &Envelope, owners: &Owners) -> Entry {
         };
         return e.undecidable(why);
     };
-    let rule_idx = match owners.match_task(&name) {
-        OwnerMatch::None => {
-            e.state = State::Unowned;
-            e.reason = Some("no [[owners]] rule matches this task".into());
-            return e;
-        }
-        OwnerMatch::Ambiguous(a, b) => {
-            return e.undecidable(format!("task matches owners {} and {}", a.table, b.table))
-        }
-        OwnerMatch::One(rule) => rule_index(owners, rule),
+    let Some(rule_idx) = rule_for_name(&mut e, &name, owners) else {
+        return e;
     };
-    let rule = &owners.rules()[rule_idx];
-    e.owner_table = Some(rule.table.clone());
-    e.owner_rule = Some(rule_idx);
-    let id = match &rule.id_from {
+    let id = match &owners.rules()[rule_idx].id_from {
         IdSource::TaskId => e
             .task_id
             .clone()
@@ -255,6 +244,31 @@ fn classify_message(mut e: Entry, env: &Envelope, owners: &Owners) -> Entry {
             Err(err) => Err(format!("arguments unreadable: {err}")),
         },
     };
+    with_owner(e, rule_idx, id, owners)
+}
+
+/// The rule owning task `name`; `None` when there is none (the entry is settled as unowned) or
+/// more than one (settled as undecidable).
+fn rule_for_name(e: &mut Entry, name: &str, owners: &Owners) -> Option<usize> {
+    match owners.match_task(name) {
+        OwnerMatch::None => {
+            e.state = State::Unowned;
+            e.reason = Some("no [[owners]] rule matches this task".into());
+            None
+        }
+        OwnerMatch::Ambiguous(a, b) => {
+            e.state = State::Undecidable;
+            e.reason = Some(format!("task matches owners {} and {}", a.table, b.table));
+            None
+        }
+        OwnerMatch::One(rule) => Some(rule_index(owners, rule)),
+    }
+}
+
+/// Records the owner rule and the row id to look up — or why the id can't be read.
+fn with_owner(mut e: Entry, rule_idx: usize, id: Result<String, String>, owners: &Owners) -> Entry {
+    e.owner_table = Some(owners.rules()[rule_idx].table.clone());
+    e.owner_rule = Some(rule_idx);
     match id {
         Ok(id) => {
             e.owner_id = Some(id);
@@ -275,17 +289,10 @@ fn classify_result(mut e: Entry, owners: &Owners) -> Entry {
         e.task_name = m.name.clone();
         e.queue = m.queue.clone();
     }
-    let rule_idx = match &e.task_name {
-        Some(name) => match owners.match_task(name) {
-            OwnerMatch::None => {
-                e.state = State::Unowned;
-                e.reason = Some("no [[owners]] rule matches this task".into());
-                return e;
-            }
-            OwnerMatch::Ambiguous(a, b) => {
-                return e.undecidable(format!("task matches owners {} and {}", a.table, b.table))
-            }
-            OwnerMatch::One(rule) => rule_index(owners, rule),
+    let rule_idx = match e.task_name.clone() {
+        Some(name) => match rule_for_name(&mut e, &name, owners) {
+            Some(rule_idx) => rule_idx,
+            None => return e,
         },
         None => match owners.unnamed_results_owner() {
             Some(rule) => rule_index(owners, rule),
@@ -300,10 +307,7 @@ fn classify_result(mut e: Entry, owners: &Owners) -> Entry {
             }
         },
     };
-    let rule = &owners.rules()[rule_idx];
-    e.owner_table = Some(rule.table.clone());
-    e.owner_rule = Some(rule_idx);
-    let id = match (&rule.id_from, &meta) {
+    let id = match (&owners.rules()[rule_idx].id_from, &meta) {
         (IdSource::TaskId, _) => e.task_id.clone().ok_or_else(|| "no task id".to_owned()),
         (source, Some(m)) => match (&m.args, &m.kwargs) {
             (Some(args), kwargs) => {
@@ -313,13 +317,7 @@ fn classify_result(mut e: Entry, owners: &Owners) -> Entry {
         },
         (_, None) => Err("result value is not JSON (never deserialized)".into()),
     };
-    match id {
-        Ok(id) => {
-            e.owner_id = Some(id);
-            e
-        }
-        Err(why) => e.undecidable(why),
-    }
+    with_owner(e, rule_idx, id, owners)
 }
 
 fn rule_index(owners: &Owners, rule: &janitor_config::OwnerRule) -> usize {
