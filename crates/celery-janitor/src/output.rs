@@ -26,6 +26,16 @@ pub struct TaskRow {
     pub state: &'static str,
     pub key: String,
     pub reason: Option<String>,
+    /// The priority sub-list step, for the human table.
+    #[serde(skip)]
+    pub step: Option<u32>,
+}
+
+/// The step of a kombu priority sub-list key (`<queue>\x06\x16<step>`), if it is one.
+fn priority_step(key: &[u8]) -> Option<u32> {
+    let sep = janitor_wire::keys::DEFAULT_SEP;
+    let pos = key.windows(sep.len()).rposition(|w| w == sep)?;
+    std::str::from_utf8(&key[pos + sep.len()..]).ok()?.parse().ok()
 }
 
 impl From<&Entry> for TaskRow {
@@ -40,6 +50,9 @@ impl From<&Entry> for TaskRow {
             state: e.state.as_str(),
             key: janitor_engine::printable(&e.key),
             reason: e.reason.clone(),
+            step: (e.location == janitor_engine::Location::Queue)
+                .then(|| priority_step(&e.key))
+                .flatten(),
         }
     }
 }
@@ -192,7 +205,11 @@ pub fn tasks(rows: &[TaskRow], json: bool) -> Result<()> {
             "{:<12} {:<8} {:<14} {:<38} {:<32} {}",
             r.state,
             r.location,
-            r.queue.as_deref().unwrap_or("-"),
+            match (&r.queue, r.step) {
+                (Some(q), Some(step)) => format!("{q} (p{step})"),
+                (Some(q), None) => q.clone(),
+                (None, _) => "-".into(),
+            },
             r.task_id.as_deref().unwrap_or("-"),
             r.task_name.as_deref().unwrap_or("-"),
             owner
@@ -300,6 +317,10 @@ pub fn restore(r: &RestoreReport, json: bool) -> Result<()> {
         return print_json(r);
     }
     let total: u64 = r.restored.values().sum();
+    if total == 0 && r.skipped == 0 {
+        println!("Nothing to restore: the archive holds no matching entry.");
+        return Ok(());
+    }
     println!(
         "{} {} entr{} (queue {}, unacked {}, result {}){}",
         if r.dry_run {
