@@ -85,7 +85,7 @@ async fn dispatch(settings: Settings, command: Command, quiet: bool) -> Result<C
             let limit = limit.unwrap_or(usize::MAX);
             let grace = janitor.settings().grace_seconds;
             janitor
-                .entries(grace, &bar, &mut |e| {
+                .entries(grace, false, &bar, &mut |e| {
                     if rows.len() < limit && (!orphaned || e.state == State::Orphaned) {
                         rows.push(output::TaskRow::from(&e));
                     }

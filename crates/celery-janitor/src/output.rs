@@ -35,7 +35,10 @@ pub struct TaskRow {
 fn priority_step(key: &[u8]) -> Option<u32> {
     let sep = janitor_wire::keys::DEFAULT_SEP;
     let pos = key.windows(sep.len()).rposition(|w| w == sep)?;
-    std::str::from_utf8(&key[pos + sep.len()..]).ok()?.parse().ok()
+    std::str::from_utf8(&key[pos + sep.len()..])
+        .ok()?
+        .parse()
+        .ok()
 }
 
 impl From<&Entry> for TaskRow {

@@ -170,7 +170,7 @@ impl Janitor {
         let redis = self.redis_info().await?;
         let mut tasks = TaskCounts::zeroed();
         let mut results = ResultCounts::default();
-        self.entries(grace_seconds, progress, &mut |e: Entry| {
+        self.entries(grace_seconds, false, progress, &mut |e: Entry| {
             if e.location == Location::Result && e.task_name.is_none() {
                 results.unnamed += 1;
             }
@@ -215,16 +215,22 @@ impl Janitor {
 
     /// Every classified entry, streamed to `sink`. Orphan candidates are held back until they
     /// are confirmed (see [`Janitor::status`]), then handed over last, as orphans or as live.
+    /// Without `keep_raw` their bytes are dropped while they wait (listing and counting don't
+    /// need them), so memory grows with the number of orphans by their metadata only.
     pub async fn entries(
         &self,
         grace_seconds: f64,
+        keep_raw: bool,
         progress: &dyn Progress,
         sink: &mut (dyn FnMut(Entry) + Send),
     ) -> Result<()> {
         let started = std::time::Instant::now();
         let mut candidates = Vec::new();
-        self.scan(progress, &mut |e: Entry| {
+        self.scan(progress, &mut |mut e: Entry| {
             if e.state == State::Orphaned {
+                if !keep_raw {
+                    e.raw = Vec::new();
+                }
                 candidates.push(e);
             } else {
                 sink(e);

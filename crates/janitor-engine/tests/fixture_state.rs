@@ -112,7 +112,7 @@ fn owner_state(first: Option<&serde_json::Value>) -> State {
 
 async fn classify(j: &Janitor) -> Vec<janitor_engine::Entry> {
     let mut out = Vec::new();
-    j.entries(0.0, &NoProgress, &mut |e| out.push(e))
+    j.entries(0.0, true, &NoProgress, &mut |e| out.push(e))
         .await
         .unwrap();
     out
