@@ -305,15 +305,22 @@ impl Janitor {
             if full {
                 for (rule, candidates, unsafe_reason) in lost.iter_mut() {
                     if e.owner_rule == Some(*rule) {
-                        if let Some(id) = &e.owner_id {
-                            if e.holds_work() {
+                        if !e.holds_work() {
+                            continue;
+                        }
+                        // Only a looked-up id is spelled as the database spells it; any other
+                        // (unreadable, or not canonical for the id column) could be any row's.
+                        match (&e.owner_id, e.state) {
+                            (Some(id), State::Live | State::Orphaned) => {
                                 candidates.remove(id);
                             }
-                        } else if e.holds_work() && unsafe_reason.is_none() {
-                            *unsafe_reason = Some(format!(
-                                "an entry of this table's tasks has an unreadable owner id ({})",
-                                e.reason.clone().unwrap_or_default()
-                            ));
+                            _ if unsafe_reason.is_none() => {
+                                *unsafe_reason = Some(format!(
+                                    "an entry of this table's tasks has an unreadable owner id ({})",
+                                    e.reason.clone().unwrap_or_default()
+                                ));
+                            }
+                            _ => {}
                         }
                     } else if e.state == State::Undecidable
                         && e.task_name.is_none()
