@@ -60,6 +60,8 @@ SUB_LIST = priority_key("celery", 6)
 # kombu's BRPOP order for the `celery` queue: every priority sub-list, highest first.
 CELERY_LISTS = [priority_key("celery", p) for p in PRIORITY_STEPS]
 SUCCEEDED = re.compile(r"Task scanner\.\w+\[(?P<id>[^\]]+)\] succeeded in")
+# A worker that holds a message the janitor revoked discards it instead of running it.
+DISCARDED = re.compile(r"Discarding revoked task: \S+\[([0-9a-f-]+)\]")
 ZERO_SKIPS_BUT_CHANGED = {"revived": 0, "busy": 0}
 
 
@@ -380,7 +382,8 @@ def test_cleanup_under_real_producer_and_worker(
             return False
         if any((world.result_meta(t) or {}).get("status") != "SUCCESS" for t in email_ids):
             return False
-        return must_fail <= set(fk_violations(worker.log()))
+        log = worker.log()
+        return must_fail <= set(fk_violations(log)) | set(DISCARDED.findall(log))
 
     wait_until(
         drained,
@@ -401,20 +404,25 @@ def test_cleanup_under_real_producer_and_worker(
     assert {t: succeeded[t] for t in live_ids} == {t: 1 for t in live_ids}
     assert {t: succeeded[t] for t in email_ids} == {t: 1 for t in email_ids}
 
-    # Orphans: each was either removed by the janitor or run (and failed on the foreign key)
-    # by the worker, never both, never twice.
+    # Orphans: each was removed by the janitor, or run (and failed on the foreign key) by the
+    # worker, or — taken by the worker before its removal — revoked by the janitor and
+    # discarded by the worker; never two of these, never twice.
     failed = Counter(fk_violations(log))
+    discarded = set(DISCARDED.findall(log))
     assert all(n == 1 for n in failed.values()), f"an orphan ran twice: {failed}"
     assert set(failed) <= orphan_ids, "a live task failed on the foreign key"
+    assert discarded <= orphan_ids, "a live task was revoked"
     assert not set(failed) & removed_ids, "a message the janitor removed reached the worker"
-    assert set(failed) | removed_ids == orphan_ids
+    assert not discarded & (removed_ids | set(failed))
+    assert set(failed) | removed_ids | discarded == orphan_ids
     # `changed`, exactly: second sightings of removed messages + messages the worker took
     # between the scan and their removal (each of which the worker then ran).
     duplicates, gone = split_not_removed(
         removals.targets.get("queue", []), removals.removed.get("queue", [])
     )
     taken_ids = {task_id_of(m) for m in gone}
-    assert taken_ids <= set(failed), "an orphan was neither removed nor run"
+    assert taken_ids <= set(failed) | discarded, "an orphan was neither removed nor run"
+    assert discarded <= taken_ids, "only orphans the worker took are revoked"
     changed_results = report["found"]["result"] - report["removed"]["result"]
     assert report["skipped"]["changed"] == len(duplicates) + len(gone) + changed_results
     # A removed result belongs to an orphan the worker ran before the scan got to results.
@@ -434,7 +442,8 @@ def test_cleanup_under_real_producer_and_worker(
         f"changed={report['skipped']['changed']} (second sightings {len(duplicates)}, "
         f"taken by the worker {len(gone)}, results {changed_results}); "
         f"worker ran {len(failed)} orphans ({len(set(failed) - taken_ids)} before the scan "
-        f"read them); producer published {len(published)} during the run; "
+        f"read them) and discarded {len(discarded)} revoked; "
+        f"producer published {len(published)} during the run; "
         f"{removals.list_calls} list calls; while the janitor ran: {published_during} published,"
         f" {delivered_during} delivered to the worker"
     )

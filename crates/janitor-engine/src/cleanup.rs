@@ -462,17 +462,26 @@ impl Janitor {
                 Location::Result => results.push(e),
             }
         }
-        for (key, list) in lists {
-            self.remove_from_list(run_id, reason, &key, list, locks, report, progress)
-                .await?;
-        }
+        // `unacked` first: once its orphans are gone, no worker's restore sweep can push them
+        // back into the lists cleaned next.
+        let mut revoke = Vec::new();
         if !unacked.is_empty() {
-            let revoked = self
+            revoke = self
                 .remove_unacked(run_id, reason, unacked, locks, report, progress)
                 .await?;
-            if !revoked.is_empty() {
-                report.revoke = Some(self.broadcast_revoke(&revoked).await?);
-            }
+        }
+        for (key, list) in lists {
+            let taken = self
+                .remove_from_list(run_id, reason, &key, list, locks, report, progress)
+                .await?;
+            revoke.extend(taken);
+        }
+        // Removing a copy does not stop a worker that already holds the message (prefetched,
+        // waiting for its ETA, or just popped from a list): tell live workers to discard them.
+        revoke.sort();
+        revoke.dedup();
+        if !revoke.is_empty() {
+            report.revoke = Some(self.broadcast_revoke(&revoke).await?);
         }
         for batch in results.chunks(BATCH) {
             self.refresh_locks(locks).await?;
@@ -485,6 +494,7 @@ impl Janitor {
     }
 
     /// Removes one list's confirmed orphans, tail first (see `remove_list_entries.lua`).
+    /// Returns the task ids of orphans that were no longer there: most likely a worker took them.
     #[allow(clippy::too_many_arguments)]
     async fn remove_from_list(
         &self,
@@ -495,7 +505,7 @@ impl Janitor {
         locks: &Locks,
         report: &mut CleanupReport,
         progress: &dyn Progress,
-    ) -> Result<()> {
+    ) -> Result<Vec<String>> {
         let archive = self.own_key("archive");
         let lock_key = self.own_key("lock");
         let mut con = self.broker.con.clone();
@@ -504,6 +514,7 @@ impl Janitor {
         let mut pending: std::collections::VecDeque<(Entry, i64)> =
             entries.into_iter().map(|e| (e, 0)).collect();
         let mut removed: i64 = 0;
+        let mut taken = Vec::new();
         while !pending.is_empty() {
             self.refresh_locks(locks).await?;
             let batch: Vec<(Entry, i64)> = pending.drain(..pending.len().min(BATCH)).collect();
@@ -543,6 +554,7 @@ impl Janitor {
                     }
                     None => {
                         report.skipped.changed += 1;
+                        taken.extend(e.task_id.clone());
                         progress.advance(1);
                     }
                 }
@@ -553,7 +565,7 @@ impl Janitor {
                 pending.push_front(item);
             }
         }
-        Ok(())
+        Ok(taken)
     }
 
     async fn remove_unacked(
