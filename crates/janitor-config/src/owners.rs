@@ -64,11 +64,6 @@ impl IdSource {
             "{text:?}: expected \"arg:N\", \"kwarg:NAME\" or \"task_id\""
         ))
     }
-
-    /// Whether the id can be read without decoding the message body.
-    pub fn needs_body(&self) -> bool {
-        !matches!(self, IdSource::TaskId)
-    }
 }
 
 impl std::fmt::Display for IdSource {

@@ -110,10 +110,6 @@ impl AuditLog {
         }
     }
 
-    pub fn archive_dir(&self) -> &Path {
-        &self.archive_dir
-    }
-
     /// Writes one audit event (a JSON object; `ts` is added).
     pub fn event(&self, mut event: Value) -> Result<()> {
         if let Value::Object(map) = &mut event {
