@@ -149,16 +149,11 @@ def test_row_in_an_open_transaction_is_invisible_but_its_task_is_already_queued(
     world: ScannerWorld,
 ) -> None:
     with world.database.connect(autocommit=False) as writer:
-        row = writer.execute(
-            "INSERT INTO scan_tasks (user_id, target_domain) VALUES (7, 'late.example')"
-            " RETURNING id"
-        ).fetchone()
-        assert row is not None
-        task_id = world.scan(int(row[0]))
-        assert str(row[0]) not in world.existing_ids()  # other sessions can't see it yet
+        row_id = world.add_row_uncommitted(writer)
+        task_id = world.scan(row_id)
         assert world.entries()[0].task_id == task_id
         writer.commit()
-    assert str(row[0]) in world.existing_ids()
+    assert str(row_id) in world.existing_ids()
 
 
 def test_snapshot_sees_every_byte_and_ignores_ttl_drift(world: ScannerWorld) -> None:

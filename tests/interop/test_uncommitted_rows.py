@@ -32,13 +32,7 @@ def _run_while_a_row_commits_late(
     gone_id = world.scan(gone)
     world.delete_rows([gone])
     with world.database.connect(autocommit=False) as writer:
-        row = writer.execute(
-            "INSERT INTO scan_tasks (user_id, target_domain) VALUES (7, 'late.example')"
-            " RETURNING id"
-        ).fetchone()
-        assert row is not None
-        late_id = world.scan(int(row[0]))
-        assert str(row[0]) not in world.existing_ids()
+        late_id = world.scan(world.add_row_uncommitted(writer))
         proc = janitor.start(*args)
         time.sleep(COMMIT_AFTER)
         writer.commit()

@@ -78,6 +78,18 @@ class ScannerWorld:
         )
         return sorted(int(r[0]) for r in rows)
 
+    def add_row_uncommitted(self, writer: psycopg.Connection[Any]) -> int:
+        """Inserts a scan_tasks row in `writer`'s open transaction: invisible to every other
+        session (the janitor's included) until `writer` commits. Returns its id."""
+        row = writer.execute(
+            "INSERT INTO scan_tasks (user_id, target_domain) VALUES (7, 'late.example')"
+            " RETURNING id"
+        ).fetchone()
+        assert row is not None
+        row_id = int(row[0])
+        assert str(row_id) not in self.existing_ids()  # other sessions can't see it yet
+        return row_id
+
     def delete_rows(self, ids: Iterable[int]) -> None:
         self.sql("DELETE FROM scan_tasks WHERE id = ANY(%s)", (list(ids),))
 
