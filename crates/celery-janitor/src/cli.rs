@@ -14,7 +14,7 @@ use clap::{Args, Parser, Subcommand};
 owning database row is gone, and removes it safely: confirmed after a grace period, atomic per \
 entry, archived and audited.\n\nSettings: flag > environment > config file > default. \
 Exit codes: 0 ok, 1 failure, 2 usage/config, 3 Redis unreachable, 4 database unreachable, \
-5 another cleanup is running."
+5 another cleanup is running, 130 interrupted (Ctrl-C/SIGTERM)."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -58,8 +58,8 @@ pub enum Command {
         /// Machine-readable output
         #[arg(long)]
         json: bool,
-        /// Seconds an orphan's row must stay missing to count [env: CELERY_JANITOR_GRACE_SECONDS; default: 10]
-        #[arg(long, value_name = "SECONDS")]
+        /// Seconds an orphan's row must stay missing to count, 0-86400 [env: CELERY_JANITOR_GRACE_SECONDS; default: 10]
+        #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
         grace: Option<f64>,
     },
     /// List tasks in Redis with their owner and state
@@ -73,8 +73,8 @@ pub enum Command {
         /// At most N entries
         #[arg(long, value_name = "N")]
         limit: Option<usize>,
-        /// Seconds an orphan's row must stay missing to count [env: CELERY_JANITOR_GRACE_SECONDS; default: 10]
-        #[arg(long, value_name = "SECONDS")]
+        /// Seconds an orphan's row must stay missing to count, 0-86400 [env: CELERY_JANITOR_GRACE_SECONDS; default: 10]
+        #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
         grace: Option<f64>,
     },
     /// Remove confirmed orphans from queues, unacked and results
@@ -86,8 +86,8 @@ pub enum Command {
     FullCleanup {
         #[command(flatten)]
         opts: CleanupArgs,
-        /// Remove results older than this [env: CELERY_JANITOR_MAX_AGE_HOURS; default: 24]
-        #[arg(long, value_name = "H")]
+        /// Remove results older than this many hours, 0-87600 [env: CELERY_JANITOR_MAX_AGE_HOURS; default: 24]
+        #[arg(long, value_name = "H", allow_negative_numbers = true)]
         max_age_hours: Option<f64>,
     },
     /// Put archived entries back
@@ -127,10 +127,142 @@ pub struct CleanupArgs {
     /// Show what would be removed, change nothing
     #[arg(long)]
     pub dry_run: bool,
-    /// Seconds an orphan's row must stay missing before removal [env: CELERY_JANITOR_GRACE_SECONDS; default: 10]
-    #[arg(long, value_name = "SECONDS")]
+    /// Seconds an orphan's row must stay missing before removal, 0-86400 [env: CELERY_JANITOR_GRACE_SECONDS; default: 10]
+    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
     pub grace: Option<f64>,
     /// Machine-readable output
     #[arg(long)]
     pub json: bool,
+    /// Take over a run lock left by a celery-janitor process of this host that is no longer running
+    #[arg(long)]
+    pub take_over_lock: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+    use janitor_config::{resolve, ConfigError, Flags};
+    use proptest::prelude::*;
+
+    #[test]
+    fn the_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// The number flags of a parsed command line, as `commands::run` hands them to `resolve`.
+    fn number_flags(cli: &Cli) -> Flags {
+        let (grace_seconds, max_age_hours) = match &cli.command {
+            Command::Status { grace, .. } | Command::Tasks { grace, .. } => (*grace, None),
+            Command::CleanupOrphaned { opts } => (opts.grace, None),
+            Command::FullCleanup {
+                opts,
+                max_age_hours,
+            } => (opts.grace, *max_age_hours),
+            _ => (None, None),
+        };
+        Flags {
+            grace_seconds,
+            max_age_hours,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn negative_numbers_reach_the_range_check() {
+        let cli = Cli::try_parse_from(["celery-janitor", "status", "--grace", "-1"]).unwrap();
+        let env = |k: &str| (k == "REDIS_URL").then(|| "redis://h".to_owned());
+        let err = resolve(&number_flags(&cli), &env).unwrap_err().to_string();
+        assert!(err.contains("from 0 to 86400"), "{err}");
+    }
+
+    /// Numbers of every kind, and text that is not a number.
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<f64>().prop_map(|v| v.to_string()),
+            any::<f64>().prop_map(|v| format!("{v:e}")),
+            any::<i64>().prop_map(|v| v.to_string()),
+            prop::sample::select(vec![
+                "nan",
+                "NaN",
+                "inf",
+                "-inf",
+                "infinity",
+                "1e20",
+                "1e15",
+                "1e400",
+                "-1",
+                "-0",
+                "86400",
+                "86400.5",
+                "87600",
+                "87601",
+                "",
+                " ",
+                "--",
+                "-",
+                "redis://:a/b@h",
+            ])
+            .prop_map(str::to_owned),
+            "\\PC{0,12}",
+        ]
+    }
+
+    fn flag() -> impl Strategy<Value = Vec<String>> {
+        let name = prop::sample::select(vec![
+            "--grace",
+            "--max-age-hours",
+            "--limit",
+            "--run",
+            "--task-id",
+            "--redis-url",
+            "--database-url",
+            "--config",
+            "--json",
+            "--dry-run",
+            "--all",
+            "-q",
+            "-v",
+        ]);
+        (name, value(), any::<bool>()).prop_map(|(name, value, joined)| {
+            if joined {
+                vec![format!("{name}={value}")]
+            } else {
+                vec![name.to_owned(), value]
+            }
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Any command line parses or is a usage error (exit 2; 0 for help), never a panic; the
+        /// grace and max-age flags then resolve to a value in range or a configuration error.
+        #[test]
+        fn any_flags_parse_and_resolve_without_panic(
+            command in prop::sample::select(vec![
+                "status", "tasks", "cleanup-orphaned", "full-cleanup", "restore", "init",
+            ]),
+            flags in prop::collection::vec(flag(), 0..5),
+        ) {
+            let mut argv = vec!["celery-janitor".to_owned(), command.to_owned()];
+            argv.extend(flags.into_iter().flatten());
+            match Cli::try_parse_from(&argv) {
+                Ok(cli) => {
+                    let env = |k: &str| (k == "REDIS_URL").then(|| "redis://h".to_owned());
+                    match resolve(&number_flags(&cli), &env) {
+                        Ok(s) => {
+                            prop_assert!((0.0..=86_400.0).contains(&s.grace_seconds));
+                            prop_assert!((0.0..=87_600.0).contains(&s.max_age_hours));
+                        }
+                        Err(e) => prop_assert!(matches!(e, ConfigError::Invalid { .. }), "{e}"),
+                    }
+                }
+                Err(e) => {
+                    let _ = e.to_string();
+                    prop_assert!([0, 2].contains(&e.exit_code()), "{argv:?}: {e}");
+                }
+            }
+        }
+    }
 }

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use owners::{quote_ident, IdSource, LostRowRule, OwnerMatch, OwnerRule, Owners};
-pub use secret::SecretUrl;
+pub use secret::{redact_url, SecretUrl};
 pub use starter::STARTER_CONFIG;
 
 /// Environment variables, each read in exactly one place ([`resolve`]).
@@ -225,12 +225,63 @@ fn env_bool(get: &dyn Fn(&str) -> Option<String>, key: &str) -> Result<Option<bo
     }
 }
 
-fn non_negative(key: &str, v: f64) -> Result<f64, ConfigError> {
-    if v.is_finite() && v >= 0.0 {
-        Ok(v)
+/// Largest `grace_seconds`: one day.
+pub const MAX_GRACE_SECONDS: f64 = 86_400.0;
+/// Largest `max_age_hours`: ten years.
+pub const MAX_MAX_AGE_HOURS: f64 = 87_600.0;
+
+fn in_range(key: &str, v: f64, max: f64, unit: &str) -> Result<f64, ConfigError> {
+    if v.is_finite() && (0.0..=max).contains(&v) {
+        // `-0.0` is in range; hand back a plain zero.
+        Ok(v + 0.0)
     } else {
-        Err(invalid(key, "must be a non-negative number"))
+        Err(invalid(
+            key,
+            format!(
+                "must be a number of {unit} from 0 to {max}, got {}",
+                show_number(v)
+            ),
+        ))
     }
+}
+
+/// A number as the user would write it: `-1`, `2.5`, `1e20`, `NaN`, `inf`.
+fn show_number(v: f64) -> String {
+    if v.is_finite() && v.abs() >= 1e6 {
+        format!("{v:e}")
+    } else {
+        v.to_string()
+    }
+}
+
+/// Checks a grace period in seconds: finite, 0 to [`MAX_GRACE_SECONDS`]. The CLI, the engine
+/// and API bodies all validate with this, so they accept exactly the same values.
+pub fn validate_grace_seconds(v: f64) -> Result<f64, ConfigError> {
+    in_range("grace_seconds", v, MAX_GRACE_SECONDS, "seconds")
+}
+
+/// Checks a result age in hours: finite, 0 to [`MAX_MAX_AGE_HOURS`]. The CLI, the engine and
+/// API bodies all validate with this, so they accept exactly the same values.
+pub fn validate_max_age_hours(v: f64) -> Result<f64, ConfigError> {
+    in_range("max_age_hours", v, MAX_MAX_AGE_HOURS, "hours")
+}
+
+/// The first value given, in precedence order, validated; the error names where it came from.
+fn pick_number(
+    sources: [(Option<f64>, &str); 3],
+    default: f64,
+    validate: fn(f64) -> Result<f64, ConfigError>,
+) -> Result<f64, ConfigError> {
+    let Some((v, source)) = sources.into_iter().find_map(|(v, s)| v.map(|v| (v, s))) else {
+        return validate(default);
+    };
+    validate(v).map_err(|e| match e {
+        ConfigError::Invalid { key, message } => ConfigError::Invalid {
+            key: format!("{key} (from {source})"),
+            message,
+        },
+        other => other,
+    })
 }
 
 /// Resolves settings from flags, the environment (`get_env`) and the config file.
@@ -302,21 +353,23 @@ pub fn resolve(
         ));
     }
 
-    let max_age_hours = non_negative(
-        "max_age_hours",
-        flags
-            .max_age_hours
-            .or(env_f64(&get, env::MAX_AGE_HOURS)?)
-            .or(file.cleanup.max_age_hours)
-            .unwrap_or(defaults::MAX_AGE_HOURS),
+    let max_age_hours = pick_number(
+        [
+            (flags.max_age_hours, "--max-age-hours"),
+            (env_f64(&get, env::MAX_AGE_HOURS)?, env::MAX_AGE_HOURS),
+            (file.cleanup.max_age_hours, "[cleanup] max_age_hours"),
+        ],
+        defaults::MAX_AGE_HOURS,
+        validate_max_age_hours,
     )?;
-    let grace_seconds = non_negative(
-        "grace_seconds",
-        flags
-            .grace_seconds
-            .or(env_f64(&get, env::GRACE_SECONDS)?)
-            .or(file.cleanup.grace_seconds)
-            .unwrap_or(defaults::GRACE_SECONDS),
+    let grace_seconds = pick_number(
+        [
+            (flags.grace_seconds, "--grace"),
+            (env_f64(&get, env::GRACE_SECONDS)?, env::GRACE_SECONDS),
+            (file.cleanup.grace_seconds, "[cleanup] grace_seconds"),
+        ],
+        defaults::GRACE_SECONDS,
+        validate_grace_seconds,
     )?;
     let cleanup_on_startup = env_bool(&get, env::CLEANUP_ON_STARTUP)?
         .or(file.cleanup.cleanup_on_startup)
@@ -475,5 +528,265 @@ id_from = "arg:0"
     #[test]
     fn starter_config_parses() {
         parse_file(STARTER_CONFIG).unwrap();
+    }
+
+    #[test]
+    fn grace_and_max_age_have_finite_ranges() {
+        assert_eq!(validate_grace_seconds(0.0).unwrap(), 0.0);
+        assert_eq!(validate_grace_seconds(86_400.0).unwrap(), 86_400.0);
+        assert_eq!(validate_max_age_hours(87_600.0).unwrap(), 87_600.0);
+        assert!(validate_grace_seconds(-0.0).unwrap().is_sign_positive());
+        for bad in [
+            -1.0,
+            86_400.5,
+            1e20,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+        ] {
+            let err = validate_grace_seconds(bad).unwrap_err().to_string();
+            assert!(
+                err.contains("grace_seconds") && err.contains("0 to 86400"),
+                "{err}"
+            );
+        }
+        for bad in [-0.5, 87_600.5, 1e15, f64::NAN, f64::INFINITY] {
+            let err = validate_max_age_hours(bad).unwrap_err().to_string();
+            assert!(
+                err.contains("max_age_hours") && err.contains("0 to 87600"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn out_of_range_values_name_their_source() {
+        let url = [("REDIS_URL", "redis://h")];
+        let flags = Flags {
+            grace_seconds: Some(1e20),
+            ..Default::default()
+        };
+        let err = resolve(&flags, &env_of(&url)).unwrap_err();
+        assert!(matches!(err, ConfigError::Invalid { .. }));
+        assert!(err.to_string().contains("(from --grace)"), "{err}");
+        assert!(err.to_string().contains("got 1e20"), "{err}");
+
+        let env = env_of(&[url[0], ("CELERY_JANITOR_MAX_AGE_HOURS", "1e15")]);
+        let err = resolve(&Flags::default(), &env).unwrap_err().to_string();
+        assert!(
+            err.contains("max_age_hours (from CELERY_JANITOR_MAX_AGE_HOURS)"),
+            "{err}"
+        );
+
+        let env = env_of(&[url[0], ("CELERY_JANITOR_GRACE_SECONDS", "nan")]);
+        assert!(resolve(&Flags::default(), &env).is_err());
+
+        let f = write("[cleanup]\ngrace_seconds = inf\n");
+        let flags = Flags {
+            config: Some(f.path().into()),
+            ..Default::default()
+        };
+        let err = resolve(&flags, &env_of(&url)).unwrap_err().to_string();
+        assert!(err.contains("[cleanup] grace_seconds"), "{err}");
+        // A valid flag overrides a bad file value: precedence picks one value, then validates.
+        let flags = Flags {
+            grace_seconds: Some(5.0),
+            ..flags
+        };
+        assert_eq!(resolve(&flags, &env_of(&url)).unwrap().grace_seconds, 5.0);
+
+        let lost_rule = "status_column = \"s\"\nactive_statuses = [\"a\"]\nlost_status = \"l\"\n\
+                         created_column = \"c\"\nlost_after_minutes = 1e15\n";
+        let f = write(&format!("{FILE}{lost_rule}"));
+        let flags = Flags {
+            config: Some(f.path().into()),
+            ..Default::default()
+        };
+        let err = resolve(&flags, &env_of(&[])).unwrap_err().to_string();
+        assert!(err.contains("lost_after_minutes"), "{err}");
+    }
+
+    #[test]
+    fn unencoded_passwords_are_config_errors() {
+        for (key, url) in [
+            ("REDIS_URL", "redis://:Pa/ss@h:6379/0"),
+            ("DATABASE_URL", "postgresql://me:Pa#ss@db/app"),
+        ] {
+            let env = env_of(&[("REDIS_URL", "redis://h"), (key, url)]);
+            let err = resolve(&Flags::default(), &env).unwrap_err();
+            let text = format!("{err} {err:?}");
+            assert!(matches!(err, ConfigError::Invalid { .. }), "{text}");
+            assert!(
+                text.contains("percent-encode") && !text.contains("Pa"),
+                "{text}"
+            );
+        }
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// A TOML value for a number key: numbers of every kind, and things that are not.
+        fn toml_value() -> impl Strategy<Value = String> {
+            prop_oneof![
+                any::<f64>().prop_map(|v| match v {
+                    v if v.is_nan() => "nan".to_owned(),
+                    v if v.is_infinite() => (if v > 0.0 { "inf" } else { "-inf" }).to_owned(),
+                    v => format!("{v:e}"),
+                }),
+                any::<i64>().prop_map(|v| v.to_string()),
+                prop::sample::select(vec![
+                    "nan",
+                    "+nan",
+                    "-nan",
+                    "inf",
+                    "-inf",
+                    "1e20",
+                    "1e15",
+                    "1e400",
+                    "-1",
+                    "-0.0",
+                    "86400",
+                    "86400.0001",
+                    "87600",
+                    "87600.1",
+                    "99999999999999999999",
+                    "0x10",
+                    "true",
+                    "[1]",
+                    "{}",
+                ])
+                .prop_map(str::to_owned),
+                "-?[0-9]{1,4}(\\.[0-9]{1,4})?(e-?[0-9]{1,3})?",
+                "\"[ -~]{0,12}\"".prop_map(|v| v.replace('\\', "")),
+            ]
+        }
+
+        /// A URL-ish string: well formed, with odd userinfo, or not a URL at all.
+        fn url_value() -> impl Strategy<Value = String> {
+            let scheme = prop::sample::select(vec![
+                "redis",
+                "rediss",
+                "unix",
+                "redis+unix",
+                "postgresql",
+                "postgres",
+                "sqlite",
+                "mysql",
+                "",
+            ]);
+            let odd = (scheme, "[ -~]{0,16}", "[ -~]{0,12}")
+                .prop_map(|(s, a, b)| format!("{s}://{a}@{b}").replace(['"', '\\'], ""));
+            let good = prop::sample::select(vec![
+                "redis://h:6379/0",
+                "redis://:p%2Fw@h/1",
+                "unix:///run/redis.sock",
+                "redis+unix:///p?db=0",
+                "postgresql://root@/db?host=/var/run/postgresql",
+                "postgres://u:p@db/app",
+                "sqlite://data.db",
+            ])
+            .prop_map(str::to_owned);
+            prop_oneof![odd, good]
+        }
+
+        fn env_value() -> impl Strategy<Value = String> {
+            prop_oneof![toml_value(), "\\PC{0,12}", url_value()]
+        }
+
+        /// Often absent, so the other keys' values get through to the range checks.
+        fn maybe<S: Strategy>(s: S) -> impl Strategy<Value = Option<S::Value>> {
+            prop::option::weighted(0.2, s)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// Whatever the file and the environment hold, `resolve` answers Ok or Err (never a
+            /// panic), and what it accepts is in range.
+            #[test]
+            fn resolve_never_panics_and_accepts_only_ranges(
+                grace in maybe(toml_value()),
+                max_age in maybe(toml_value()),
+                lost_after in maybe(toml_value()),
+                redis in maybe(url_value()),
+                database in maybe(url_value()),
+                steps in maybe(toml_value()),
+                env_grace in maybe(env_value()),
+                env_max_age in maybe(env_value()),
+                env_startup in maybe(env_value()),
+                env_redis in maybe(env_value()),
+                env_database in maybe(env_value()),
+            ) {
+                let line = |key: &str, v: &Option<String>| {
+                    v.as_ref().map(|v| format!("{key} = {v}\n")).unwrap_or_default()
+                };
+                let quoted = |v: &Option<String>| v.as_ref().map(|v| format!("\"{v}\""));
+                let text = [
+                    "[redis]\n".to_owned(),
+                    line("url", &quoted(&redis).or(Some("\"redis://h:6379/0\"".into()))),
+                    line("priority_steps", &steps.map(|v| format!("[{v}]"))),
+                    "[database]\n".to_owned(),
+                    line("url", &quoted(&database)),
+                    "[cleanup]\n".to_owned(),
+                    line("grace_seconds", &grace),
+                    line("max_age_hours", &max_age),
+                    "[[owners]]\ntable = \"t\"\nid_column = \"id\"\ntasks = [\"a.*\"]\n\
+                     id_from = \"arg:0\"\nstatus_column = \"s\"\nactive_statuses = [\"p\"]\n\
+                     lost_status = \"l\"\ncreated_column = \"c\"\n".to_owned(),
+                    line("lost_after_minutes", &lost_after),
+                ]
+                .concat();
+                let f = write(&text);
+                let flags = Flags { config: Some(f.path().into()), ..Default::default() };
+                let env: Vec<(&str, String)> = [
+                    (env::GRACE_SECONDS, env_grace),
+                    (env::MAX_AGE_HOURS, env_max_age),
+                    (env::CLEANUP_ON_STARTUP, env_startup),
+                    (env::REDIS_URL, env_redis),
+                    (env::DATABASE_URL, env_database),
+                ]
+                .into_iter()
+                .filter_map(|(k, v)| v.map(|v| (k, v)))
+                .collect();
+                let get = |k: &str| env.iter().find(|(name, _)| *name == k).map(|(_, v)| v.clone());
+                match resolve(&flags, &get) {
+                    Ok(s) => {
+                        prop_assert!((0.0..=MAX_GRACE_SECONDS).contains(&s.grace_seconds));
+                        prop_assert!((0.0..=MAX_MAX_AGE_HOURS).contains(&s.max_age_hours));
+                        for rule in s.owners.rules() {
+                            let lost = rule.lost.as_ref().unwrap();
+                            prop_assert!((0.0..=MAX_MAX_AGE_HOURS * 60.0)
+                                .contains(&lost.lost_after_minutes));
+                        }
+                    }
+                    Err(e) => prop_assert!(!e.to_string().is_empty()),
+                }
+            }
+
+            /// Flag values: in range or an error, never a panic.
+            #[test]
+            fn flag_numbers_are_in_range_or_errors(grace in any::<f64>(), max_age in any::<f64>()) {
+                let flags = Flags {
+                    grace_seconds: Some(grace),
+                    max_age_hours: Some(max_age),
+                    ..Default::default()
+                };
+                let env = env_of(&[("REDIS_URL", "redis://h")]);
+                let ok = resolve(&flags, &env).is_ok();
+                let in_range = grace.is_finite() && (0.0..=86_400.0).contains(&grace)
+                    && max_age.is_finite() && (0.0..=87_600.0).contains(&max_age);
+                prop_assert_eq!(ok, in_range);
+            }
+
+            /// Any text at all as a config file: parsed or a located error, never a panic.
+            #[test]
+            fn any_file_text_parses_or_errs(
+                text in "\\PC{0,200}|[\\[\\]=\"a-z. \n\u{e9}\u{1F600}]{0,80}"
+            ) {
+                let _ = parse_file(&text);
+            }
+        }
     }
 }

@@ -260,10 +260,15 @@ fn lost_rule(
         ));
     }
     let lost_after_minutes = f.lost_after_minutes.unwrap_or(defaults::LOST_AFTER_MINUTES);
-    if !(lost_after_minutes.is_finite() && lost_after_minutes >= 0.0) {
+    // Bounded like `max_age_hours` (ten years), so the cutoff time can always be computed.
+    let max_minutes = crate::MAX_MAX_AGE_HOURS * 60.0;
+    if !(lost_after_minutes.is_finite() && (0.0..=max_minutes).contains(&lost_after_minutes)) {
         return Err(invalid(
             key("lost_after_minutes"),
-            "must be a non-negative number",
+            format!(
+                "must be a number of minutes from 0 to {max_minutes}, got {}",
+                crate::show_number(lost_after_minutes)
+            ),
         ));
     }
     Ok(Some(LostRowRule {

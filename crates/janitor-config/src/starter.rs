@@ -6,7 +6,8 @@ pub const STARTER_CONFIG: &str = r#"# celery-janitor configuration.
 # Point the tool at this file with --config PATH or CELERY_JANITOR_CONFIG=PATH.
 
 [redis]
-# Broker and result backend (env REDIS_URL, flag --redis-url).
+# Broker and result backend (env REDIS_URL, flag --redis-url). Percent-encode a password's
+# / ? # @ characters (%2F %3F %23 %40): redis://:p%2Fss@127.0.0.1:6379/0
 url = "redis://127.0.0.1:6379/0"
 # When broker and result backend differ (separate DBs or servers):
 # broker_url = "redis://127.0.0.1:6379/1"
@@ -25,12 +26,14 @@ url = "redis://127.0.0.1:6379/0"
 url = "postgresql://app@127.0.0.1:5432/app"
 
 [cleanup]
-# full-cleanup removes task results older than this many hours (env CELERY_JANITOR_MAX_AGE_HOURS).
+# full-cleanup removes task results older than this many hours, 0-87600
+# (env CELERY_JANITOR_MAX_AGE_HOURS, flag --max-age-hours).
 max_age_hours = 24
 # The worker integration cleans orphans when a worker starts (env CELERY_JANITOR_CLEANUP_ON_STARTUP).
 cleanup_on_startup = true
-# An orphan is removed only if its row is still missing after this many seconds. This protects
-# apps that enqueue before their transaction commits (env CELERY_JANITOR_GRACE_SECONDS, flag --grace).
+# An orphan is removed only if its row is still missing after this many seconds (0-86400). This
+# protects apps that enqueue before their transaction commits (env CELERY_JANITOR_GRACE_SECONDS,
+# flag --grace).
 grace_seconds = 10
 # Queues to inspect. By default they are discovered from kombu's binding sets and `unacked`;
 # list them if your app declares queues that have never been bound.

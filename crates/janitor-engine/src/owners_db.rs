@@ -53,11 +53,40 @@ fn db_error(rule: &OwnerRule, e: impl std::fmt::Display) -> EngineError {
     }
 }
 
+/// A query's error: a lost or refused connection (the server went away, was shut down, or
+/// terminated this session) is told apart from an error of the query itself.
+fn sql_error(rule: &OwnerRule, e: sqlx::Error) -> EngineError {
+    let lost = match &e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        // admin_shutdown, crash_shutdown, cannot_connect_now (class 57P: operator intervention),
+        // class 08 (connection exceptions), and a database that no longer exists (3D000, seen
+        // when the pool reconnects).
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("57P") || c.starts_with("08") || c == "3D000"),
+        _ => false,
+    };
+    if lost {
+        EngineError::DatabaseLost {
+            table: rule.table.clone(),
+            message: e.to_string(),
+        }
+    } else {
+        db_error(rule, e)
+    }
+}
+
 impl OwnerDb {
     pub async fn connect(url: &SecretUrl, rules: &[OwnerRule]) -> Result<Self> {
+        // A driver message may echo the URL or a piece of it: scrub it.
         let unavailable = |e: sqlx::Error| EngineError::DatabaseUnavailable {
             url: url.to_string(),
-            message: e.to_string(),
+            message: url.scrub(&e.to_string()),
         };
         let timeout = std::time::Duration::from_secs(5);
         // One direct connection first: a pool would only report "timed out", hiding the cause
@@ -125,7 +154,7 @@ impl OwnerDb {
                 .bind(schema)
                 .fetch_optional(pool)
                 .await
-                .map_err(|e| db_error(rule, e))?;
+                .map_err(|e| sql_error(rule, e))?;
                 row.map(|r| r.get::<String, _>(0))
             }
             Pool::Sqlite(pool) => {
@@ -137,7 +166,7 @@ impl OwnerDb {
                     .bind(&rule.id_column)
                     .fetch_optional(pool)
                     .await
-                    .map_err(|e| db_error(rule, e))?;
+                    .map_err(|e| sql_error(rule, e))?;
                 row.map(|r| r.get::<String, _>(0))
             }
         };
@@ -215,7 +244,7 @@ impl OwnerDb {
                     Ids::Uuid(v) => q.bind(v).fetch_all(pool).await,
                     Ids::Text(v) => q.bind(v).fetch_all(pool).await,
                 }
-                .map_err(|e| db_error(rule, e))?;
+                .map_err(|e| sql_error(rule, e))?;
                 lookup.existing.extend(rows);
             }
             Pool::Sqlite(pool) => {
@@ -235,7 +264,7 @@ impl OwnerDb {
                             _ => q.bind(v.clone()),
                         };
                     }
-                    let rows = q.fetch_all(pool).await.map_err(|e| db_error(rule, e))?;
+                    let rows = q.fetch_all(pool).await.map_err(|e| sql_error(rule, e))?;
                     lookup.existing.extend(rows);
                 }
             }
@@ -249,7 +278,7 @@ impl OwnerDb {
             Pool::Pg(pool) => sqlx::query_scalar(&sql).fetch_one(pool).await,
             Pool::Sqlite(pool) => sqlx::query_scalar(&sql).fetch_one(pool).await,
         }
-        .map_err(|e| db_error(rule, e))?;
+        .map_err(|e| sql_error(rule, e))?;
         Ok(n.max(0) as u64)
     }
 
@@ -288,7 +317,7 @@ impl OwnerDb {
                     .await
             }
         }
-        .map_err(|e| db_error(rule, e))?;
+        .map_err(|e| sql_error(rule, e))?;
         Ok(rows)
     }
 
@@ -305,7 +334,7 @@ impl OwnerDb {
         let mut out = Vec::with_capacity(batches.len());
         match &self.pool {
             Pool::Pg(pool) => {
-                let mut tx = pool.begin().await.map_err(|e| db_error(any_rule, e))?;
+                let mut tx = pool.begin().await.map_err(|e| sql_error(any_rule, e))?;
                 for (rule_idx, rule, ids) in batches {
                     let Some(lost) = rule.lost.as_ref().filter(|_| !ids.is_empty()) else {
                         out.push(Vec::new());
@@ -329,13 +358,13 @@ impl OwnerDb {
                         .bind(lost_cutoff(lost.lost_after_minutes))
                         .fetch_all(&mut *tx)
                         .await
-                        .map_err(|e| db_error(rule, e))?;
+                        .map_err(|e| sql_error(rule, e))?;
                     out.push(changed);
                 }
-                tx.commit().await.map_err(|e| db_error(any_rule, e))?;
+                tx.commit().await.map_err(|e| sql_error(any_rule, e))?;
             }
             Pool::Sqlite(pool) => {
-                let mut tx = pool.begin().await.map_err(|e| db_error(any_rule, e))?;
+                let mut tx = pool.begin().await.map_err(|e| sql_error(any_rule, e))?;
                 for (rule_idx, rule, ids) in batches {
                     let Some(lost) = rule.lost.as_ref() else {
                         out.push(Vec::new());
@@ -369,14 +398,14 @@ impl OwnerDb {
                             .bind(cutoff.clone())
                             .execute(&mut *tx)
                             .await
-                            .map_err(|e| db_error(rule, e))?;
+                            .map_err(|e| sql_error(rule, e))?;
                         if done.rows_affected() > 0 {
                             changed.push(id.clone());
                         }
                     }
                     out.push(changed);
                 }
-                tx.commit().await.map_err(|e| db_error(any_rule, e))?;
+                tx.commit().await.map_err(|e| sql_error(any_rule, e))?;
             }
         }
         Ok(out)
