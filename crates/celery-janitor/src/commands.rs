@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result};
 use janitor_config::{Flags, Settings};
-use janitor_engine::{CleanupOptions, Janitor, RestoreOptions, State};
+use janitor_engine::{Cancel, CleanupOptions, Janitor, RestoreOptions, State};
 
 use crate::cli::{Cli, Command};
 use crate::exit::Code;
@@ -99,6 +99,8 @@ async fn dispatch(settings: Settings, command: Command, quiet: bool) -> Result<C
                 dry_run: opts.dry_run,
                 grace_seconds: opts.grace,
                 max_age_hours: None,
+                take_over_lock: opts.take_over_lock,
+                cancel: cancel_on_signals(),
             };
             let report = janitor.cleanup_orphans(&options, &bar).await?;
             tracing::info!(run_id = %report.run_id, removed = report.removed.total(), "cleanup-orphaned done");
@@ -113,6 +115,8 @@ async fn dispatch(settings: Settings, command: Command, quiet: bool) -> Result<C
                 dry_run: opts.dry_run,
                 grace_seconds: opts.grace,
                 max_age_hours,
+                take_over_lock: opts.take_over_lock,
+                cancel: cancel_on_signals(),
             };
             let report = janitor.full_cleanup(&options, &bar).await?;
             tracing::info!(run_id = %report.run_id, "full-cleanup done");
@@ -136,10 +140,61 @@ async fn dispatch(settings: Settings, command: Command, quiet: bool) -> Result<C
             };
             let report = janitor.restore(&options, &bar).await?;
             output::restore(&report, json)?;
+            for warning in &report.warnings {
+                eprintln!("celery-janitor: warning: {warning}");
+            }
+            if report.missing > 0 {
+                // What was found is restored; the rest needs the archive file (see the hint).
+                eprintln!(
+                    "celery-janitor: error: {} archived entr{} of run {} could not be restored from here",
+                    report.missing,
+                    if report.missing == 1 { "y" } else { "ies" },
+                    report.run_id.as_deref().unwrap_or("?")
+                );
+                if let Some(hint) = &report.hint {
+                    eprintln!("  hint: {hint}");
+                }
+                return Ok(Code::Failure);
+            }
         }
         Command::Init { .. } => unreachable!("handled before connecting"),
     }
     Ok(Code::Success)
+}
+
+/// Ctrl-C or SIGTERM during a cleanup: the first asks the run to stop at its next safe point
+/// (between batches; it then writes its audit event and run record and releases the lock); a
+/// second quits at once, leaving the lock to expire by itself.
+fn cancel_on_signals() -> Cancel {
+    let cancel = Cancel::new();
+    let asked = cancel.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).ok();
+        let mut signals = 0;
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async {
+                    match term.as_mut() {
+                        Some(t) => { t.recv().await; }
+                        None => std::future::pending::<()>().await,
+                    }
+                } => {}
+            }
+            signals += 1;
+            if signals == 1 {
+                eprintln!("celery-janitor: stopping after the current batch (interrupt again to quit at once)");
+                asked.cancel();
+            } else {
+                eprintln!(
+                    "celery-janitor: quitting now; the run lock expires by itself within 30 s"
+                );
+                std::process::exit(Code::Interrupted as i32);
+            }
+        }
+    });
+    cancel
 }
 
 fn init(path: &std::path::Path, force: bool) -> Result<Code> {
@@ -150,10 +205,8 @@ fn init(path: &std::path::Path, force: bool) -> Result<Code> {
         );
         return Ok(Code::Config);
     }
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    std::fs::write(path, janitor_config::STARTER_CONFIG)
+    // 0600 in directories created 0700: the config holds database and Redis passwords.
+    janitor_engine::write_private_file(path, janitor_config::STARTER_CONFIG.as_bytes(), force)
         .with_context(|| format!("cannot write {}", path.display()))?;
     println!("Wrote {}.", path.display());
     println!("Edit its [[owners]] rules, then run:");

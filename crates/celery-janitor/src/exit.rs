@@ -18,6 +18,8 @@ pub enum Code {
     DatabaseUnavailable = 4,
     /// Another cleanup holds the janitor lock; nothing was changed.
     Busy = 5,
+    /// Stopped by Ctrl-C or SIGTERM (between batches; what was done is archived and recorded).
+    Interrupted = 130,
 }
 
 impl From<Code> for std::process::ExitCode {
@@ -31,11 +33,19 @@ impl Code {
         if err.downcast_ref::<ConfigError>().is_some() {
             return Code::Config;
         }
-        match err.downcast_ref::<EngineError>() {
-            Some(EngineError::RedisUnavailable { .. }) => Code::RedisUnavailable,
-            Some(EngineError::DatabaseUnavailable { .. }) => Code::DatabaseUnavailable,
-            Some(EngineError::NoDatabase) => Code::Config,
-            Some(EngineError::Busy { .. }) => Code::Busy,
+        let Some(err) = err.downcast_ref::<EngineError>() else {
+            return Code::Failure;
+        };
+        if err.is_redis_connection() {
+            return Code::RedisUnavailable;
+        }
+        if err.is_database_connection() {
+            return Code::DatabaseUnavailable;
+        }
+        match err.root() {
+            EngineError::NoDatabase | EngineError::InvalidOption(_) => Code::Config,
+            EngineError::Busy { .. } => Code::Busy,
+            EngineError::Interrupted => Code::Interrupted,
             _ => Code::Failure,
         }
     }
@@ -54,14 +64,22 @@ pub fn one_line(err: &anyhow::Error) -> String {
 }
 
 pub fn hint(err: &anyhow::Error) -> Option<&'static str> {
-    match err.downcast_ref::<EngineError>() {
+    match err.downcast_ref::<EngineError>().map(EngineError::root) {
         Some(EngineError::RedisUnavailable { .. }) => {
             Some("check that Redis is running and REDIS_URL (or [redis] url) points at it")
         }
         Some(EngineError::DatabaseUnavailable { .. }) => {
             Some("check that the database is running and DATABASE_URL (or [database] url) is right")
         }
-        Some(EngineError::Busy { .. }) => Some("wait for the other run to finish, then try again"),
+        Some(EngineError::Busy { stale: true, .. }) => Some(
+            "its holder ran on this host and is no longer running: run again with --take-over-lock to take the lock over (or wait for it to expire)",
+        ),
+        Some(EngineError::Busy { .. }) => Some(
+            "wait for the other run to finish, then try again (a lock whose holder died expires within 30 s)",
+        ),
+        Some(EngineError::WrongType { .. }) => Some(
+            "something other than Celery and celery-janitor wrote that key; inspect it (TYPE, then DUMP) and rename or delete it",
+        ),
         _ => None,
     }
 }

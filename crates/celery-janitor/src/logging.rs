@@ -1,7 +1,7 @@
 //! The application log: `logs/app.log` by default, appended, plus standard error with `-v`.
+//! It is created 0600 in directories created 0700, like every file the tool writes.
 //! A log file that can't be opened is a warning, not a failure: cleanup matters more.
 
-use std::fs::OpenOptions;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -11,16 +11,7 @@ use tracing_subscriber::EnvFilter;
 pub fn init(app_log: &Path, verbose: bool) {
     let filter =
         || EnvFilter::try_from_env("CELERY_JANITOR_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let file = app_log
-        .parent()
-        .map(|d| d.as_os_str().is_empty() || std::fs::create_dir_all(d).is_ok())
-        .and_then(|_| {
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(app_log)
-                .ok()
-        });
+    let file = janitor_engine::open_private_append(app_log).ok();
     if file.is_none() {
         eprintln!(
             "celery-janitor: warning: cannot open log file {}; logging to stderr only",

@@ -4,7 +4,9 @@ use std::io::Write;
 
 use anyhow::Result;
 use janitor_config::Settings;
-use janitor_engine::{CleanupReport, Entry, FullCleanupReport, RestoreReport, StatusReport};
+use janitor_engine::{
+    CleanupReport, Entry, FullCleanupReport, RestoreReport, RestoreSource, StatusReport,
+};
 use serde::Serialize;
 
 fn print_json<T: Serialize>(value: &T) -> Result<()> {
@@ -180,6 +182,21 @@ pub fn status(r: &StatusReport, settings: &Settings, json: bool) -> Result<()> {
     if settings.owners.is_empty() {
         println!("NOTE: no [[owners]] rules are configured: every task is unowned. See `celery-janitor init`.");
     }
+    let wrong = &r.wrong_type_keys;
+    if wrong.count > 0 {
+        let examples: Vec<String> = wrong
+            .examples
+            .iter()
+            .take(3)
+            .map(|w| format!("{} is a {}, expected a {}", w.key, w.found, w.expected))
+            .collect();
+        println!(
+            "WARNING: {} key{} where Celery keeps its data hold another type, so they were skipped (e.g. {}). Something other than Celery wrote them.",
+            wrong.count,
+            if wrong.count == 1 { "" } else { "s" },
+            examples.join("; ")
+        );
+    }
     Ok(())
 }
 
@@ -315,36 +332,55 @@ pub fn full_cleanup(r: &FullCleanupReport, json: bool) -> Result<()> {
     Ok(())
 }
 
+fn entries(n: u64) -> String {
+    format!("{n} entr{}", if n == 1 { "y" } else { "ies" })
+}
+
+/// The human report of `restore`. Missing entries and warnings go to standard error (see
+/// `commands.rs`).
 pub fn restore(r: &RestoreReport, json: bool) -> Result<()> {
     if json {
         return print_json(r);
     }
-    let total: u64 = r.restored.values().sum();
+    let total = r.restored_total();
     if total == 0 && r.skipped == 0 {
-        println!("Nothing to restore: the archive holds no matching entry.");
+        match &r.run_id {
+            Some(id) if r.already_restored > 0 => println!(
+                "Run {id}: nothing left to restore ({} already restored).",
+                entries(r.already_restored)
+            ),
+            Some(id) => println!("Run {id}: nothing to restore: the archive holds no entry of it."),
+            None => println!("Nothing to restore: the archive holds no matching entry."),
+        }
         return Ok(());
     }
+    let source = match (r.source, &r.archive_file) {
+        (RestoreSource::File, Some(path)) => format!("archive file {path}"),
+        _ => "the Redis archive".to_owned(),
+    };
     println!(
-        "{} {} entr{} (queue {}, unacked {}, result {}){}",
+        "{} {} (queue {}, unacked {}, result {}){} from {source}.",
         if r.dry_run {
             "Would restore"
         } else {
             "Restored"
         },
-        total,
-        if total == 1 { "y" } else { "ies" },
+        entries(total),
         r.restored.get("queue").unwrap_or(&0),
         r.restored.get("unacked").unwrap_or(&0),
         r.restored.get("result").unwrap_or(&0),
         r.run_id
             .as_ref()
-            .map(|id| format!(" from run {id}"))
-            .unwrap_or_default()
+            .map(|id| format!(" of run {id}"))
+            .unwrap_or_default(),
     );
+    if r.already_restored > 0 {
+        println!("  {} already restored before", entries(r.already_restored));
+    }
     if r.skipped > 0 {
         println!(
-            "{} skipped (already restored, or the target exists)",
-            r.skipped
+            "  {} skipped: the result key or unacked field exists again (left alone)",
+            entries(r.skipped)
         );
     }
     Ok(())

@@ -4,9 +4,11 @@
 -- message relative to the tail; only consumers' pops from the tail do. So a message read at
 -- distance `dr` from the tail is now at `LLEN - 1 - dr + p`, where `p` >= 0 counts the messages
 -- popped since it was read (0 when no worker consumed). The search probes the predicted spot
--- first, then walks towards the tail in growing chunks, comparing exact bytes. A found message is
--- overwritten with a tombstone and archived; one LREM from the tail removes all tombstones of
--- the call — no per-message LREM scan. Workers never see a tombstone: the script is atomic.
+-- first, then walks towards the tail in growing chunks, comparing exact bytes. The search only
+-- reads. Then every found message is archived, overwritten with a tombstone, and one LREM from
+-- the tail removes all tombstones of the call — no per-message LREM scan. Workers never see a
+-- tombstone: the script is atomic, and everything that could fail (key types, arguments, the
+-- lock, the archive writes) is checked or done before the first tombstone is set.
 -- Work per call is capped (elements and bytes compared), so Redis stays responsive; targets
 -- not reached are returned for the next call with the point the search got to.
 --
@@ -18,18 +20,36 @@
 -- ARGV[5]: archive MAXLEN (approximate)
 -- ARGV[6+4i .. 9+4i], tail first: dr (distance from the tail when read, less this run's removals
 --   nearer the tail), p (pops to try first), exact bytes, archive metadata (JSON)
+-- Errors (nothing written): CJWRONGTYPE, CJBADARG, LOCKLOST, CJARCHIVE (see checks.lua).
 -- Returns two values per target: the archive id, 'resume' (budget spent before it was reached)
 -- or false (gone: a worker took it, or it changed); and the pop count where it was found or
 -- where the search stopped.
 redis.replicate_commands()
-if redis.call('GET', KEYS[3]) ~= ARGV[1] then
-  return redis.error_reply('LOCKLOST celery-janitor lock is not held by this run')
+local failed = cj_check(function()
+  cj_groups(5, 4)
+  cj_lock(3, ARGV[1])
+  cj_expect(1, {'list'})
+  cj_expect(2, {'stream'})
+  for i = 3, 5 do
+    cj_number(i, true)
+  end
+  for i = 6, #ARGV, 4 do
+    cj_number(i, true)
+    cj_number(i + 1, true)
+  end
+end)
+if failed then
+  return failed
 end
+
 local len = redis.call('LLEN', KEYS[1])
 local elements = tonumber(ARGV[3])
 local bytes = tonumber(ARGV[4])
 local results = {}
-local marked = 0
+-- Found targets: list position, the index of their result pair, the archive fields.
+local found_at, slots, items = {}, {}, {}
+-- Positions already matched by this call: two byte-identical targets must match two messages.
+local claimed = {}
 -- Targets come tail first, so each was read no later than the one before it: at least as many
 -- pops have happened since, and the previous find is a lower bound for this one.
 local carry = 0
@@ -58,7 +78,7 @@ for i = 6, #ARGV, 4 do
     for j = 1, #chunk do
       elements = elements - 1
       bytes = bytes - #chunk[j]
-      if chunk[j] == want then
+      if chunk[j] == want and not claimed[from + j - 1] then
         found = from + j - 1
         break
       end
@@ -69,10 +89,11 @@ for i = 6, #ARGV, 4 do
     end
   end
   if found ~= nil then
-    redis.call('LSET', KEYS[1], found, ARGV[2])
-    marked = marked + 1
-    results[#results + 1] = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*',
-      'kind', 'queue', 'key', KEYS[1], 'value', want, 'meta', ARGV[i + 3])
+    found_at[#found_at + 1] = found
+    claimed[found] = true
+    items[#items + 1] = {'kind', 'queue', 'key', KEYS[1], 'value', want, 'meta', ARGV[i + 3]}
+    results[#results + 1] = false
+    slots[#slots + 1] = #results
     carry = found - base
     results[#results + 1] = carry
   elseif p <= dr and (elements <= 0 or bytes <= 0) then
@@ -86,7 +107,17 @@ for i = 6, #ARGV, 4 do
     results[#results + 1] = p
   end
 end
-if marked > 0 then
-  redis.call('LREM', KEYS[1], -marked, ARGV[2])
+
+if #found_at > 0 then
+  -- Archive first: if that fails, nothing has been written (see checks.lua).
+  local ids, err = cj_archive_all(2, ARGV[5], items)
+  if err then
+    return err
+  end
+  for k, pos in ipairs(found_at) do
+    redis.call('LSET', KEYS[1], pos, ARGV[2])
+    results[slots[k]] = ids[k]
+  end
+  redis.call('LREM', KEYS[1], -#found_at, ARGV[2])
 end
 return results

@@ -6,30 +6,53 @@
 -- KEYS[4]: the archive stream  KEYS[5]: the janitor lock
 -- ARGV[1]: janitor lock token  ARGV[2]: unacked_mutex token   ARGV[3]: archive MAXLEN
 -- ARGV[4+3i], ARGV[5+3i], ARGV[6+3i]: delivery tag, exact value, archive metadata (JSON)
+-- Errors (nothing written): CJWRONGTYPE, CJBADARG, LOCKLOST, MUTEXLOST, CJARCHIVE.
 -- Returns two results per entry: archive id (or false when the value is gone or changed) and
 -- the entry's unacked_index score (or '').
 redis.replicate_commands()
-if redis.call('GET', KEYS[5]) ~= ARGV[1] then
-  return redis.error_reply('LOCKLOST celery-janitor lock is not held by this run')
+local failed = cj_check(function()
+  cj_groups(3, 3)
+  cj_lock(5, ARGV[1])
+  cj_expect(1, {'hash'})
+  cj_expect(2, {'zset'})
+  cj_expect(3, {'string'})
+  cj_expect(4, {'stream'})
+  cj_number(3, true)
+  if redis.call('GET', KEYS[3]) ~= ARGV[2] then
+    error('MUTEXLOST unacked_mutex is not held by this run', 0)
+  end
+end)
+if failed then
+  return failed
 end
-if redis.call('GET', KEYS[3]) ~= ARGV[2] then
-  return redis.error_reply('MUTEXLOST unacked_mutex is not held by this run')
-end
-local results = {}
+
+local results, doomed, items = {}, {}, {}
 for i = 4, #ARGV, 3 do
   local tag = ARGV[i]
   local want = ARGV[i + 1]
   if redis.call('HGET', KEYS[1], tag) == want then
-    local score = redis.call('ZSCORE', KEYS[2], tag)
-    redis.call('HDEL', KEYS[1], tag)
-    redis.call('ZREM', KEYS[2], tag)
-    results[#results + 1] = redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[3], '*',
-      'kind', 'unacked', 'key', KEYS[1], 'index_key', KEYS[2], 'field', tag,
-      'score', score or '', 'value', want, 'meta', ARGV[i + 2])
-    results[#results + 1] = score or ''
+    local score = redis.call('ZSCORE', KEYS[2], tag) or ''
+    doomed[#doomed + 1] = {tag, #results + 1}
+    items[#items + 1] = {'kind', 'unacked', 'key', KEYS[1], 'index_key', KEYS[2], 'field', tag,
+      'score', score, 'value', want, 'meta', ARGV[i + 2]}
+    results[#results + 1] = false
+    results[#results + 1] = score
   else
     results[#results + 1] = false
     results[#results + 1] = ''
+  end
+end
+
+if #doomed > 0 then
+  -- Archive first: if that fails, nothing has been written (see checks.lua).
+  local ids, err = cj_archive_all(4, ARGV[3], items)
+  if err then
+    return err
+  end
+  for n, d in ipairs(doomed) do
+    redis.call('HDEL', KEYS[1], d[1])
+    redis.call('ZREM', KEYS[2], d[1])
+    results[d[2]] = ids[n]
   end
 end
 return results

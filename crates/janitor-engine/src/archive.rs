@@ -4,9 +4,17 @@
 //! (`celery-janitor:archive`, written by the Lua scripts), and durably on disk, in
 //! `<archive dir>/<run id>.jsonl`, fsync'd before the run reports success. Every change —
 //! removal, restore, lost-row update — is also one JSON line in the audit log.
+//!
+//! Both hold task arguments, which may be secrets: the directories the tool creates are 0700 and
+//! its files 0600 (less if the umask says so). Each line (or batch of lines) is one `write()` on
+//! an `O_APPEND` file, so several processes appending to the same audit log never interleave.
+//! A crash can still leave an archive file short or with a torn last line: readers skip
+//! unreadable lines and duplicate archive ids, and `runs.rs` completes the file from the stream.
 
-use std::fs::{File, OpenOptions};
+use std::collections::HashSet;
+use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -89,16 +97,133 @@ pub struct AuditLog {
     files: Mutex<Option<OpenFiles>>,
 }
 
-fn open_append(path: &Path) -> Result<File> {
+/// Creates `dir` and its missing parents with mode 0700 (masked by the umask). Directories that
+/// already exist keep their mode: the tool never changes a directory it did not create.
+pub fn create_private_dir_all(dir: &Path) -> std::io::Result<()> {
+    DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
+/// Opens `path` for appending (`O_APPEND`), creating it with mode 0600 (masked by the umask) and
+/// its missing parent directories with 0700. An existing file keeps its mode.
+pub fn open_private_append(path: &Path) -> std::io::Result<File> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| EngineError::io(format!("cannot create {}", dir.display()), e))?;
+        create_private_dir_all(dir)?;
     }
     OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(path)
+}
+
+/// Writes a whole file with mode 0600 (masked by the umask), creating missing parent
+/// directories 0700. Without `replace` an existing file is an error (`AlreadyExists`). With it,
+/// the contents are written to a temporary file next to `path` and renamed over it, so readers
+/// see the old file or the whole new one, and the new one has the private mode.
+pub fn write_private_file(path: &Path, contents: &[u8], replace: bool) -> std::io::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        create_private_dir_all(dir)?;
+    }
+    let write = |target: &Path| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(target)?;
+        f.write_all(contents)?;
+        f.sync_all()
+    };
+    if !replace {
+        return write(path);
+    }
+    let name = path
+        .file_name()
+        .unwrap_or(path.as_os_str())
+        .to_string_lossy();
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let done = write(&tmp).and_then(|()| std::fs::rename(&tmp, path));
+    if done.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    done
+}
+
+fn open_append(path: &Path) -> Result<File> {
+    open_private_append(path)
         .map_err(|e| EngineError::io(format!("cannot open {}", path.display()), e))
+}
+
+/// Writes `buf` with exactly one `write()` call. On an `O_APPEND` file the kernel places the
+/// whole buffer at the end of the file at once, so lines written by other processes never land
+/// inside it (`write_all` could split it over several calls). A short write is an error.
+pub(crate) fn write_once(file: &mut File, buf: &[u8], what: &Path) -> Result<()> {
+    let context = || format!("cannot write {}", what.display());
+    let written = file.write(buf).map_err(|e| EngineError::io(context(), e))?;
+    if written != buf.len() {
+        return Err(EngineError::io(
+            context(),
+            std::io::Error::new(
+                std::io::ErrorKind::WriteZero,
+                format!("short write: {written} of {} bytes", buf.len()),
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// An archive file as read back: its records (one per archive id, first copy kept) and a
+/// warning per line that could not be read (a line torn by a crash mid-write).
+#[derive(Debug, Default)]
+pub struct ArchiveFile {
+    pub records: Vec<ArchiveRecord>,
+    pub warnings: Vec<String>,
+    /// Lines repeating an archive id already read (a completed file may repeat a batch).
+    pub duplicates: u64,
+    /// The file does not end with a newline (its last write was torn).
+    pub torn_end: bool,
+}
+
+impl ArchiveFile {
+    /// Reads an archive file. Unreadable lines are skipped with a warning, duplicate archive
+    /// ids are read once; only a file that can't be read at all is an error.
+    pub fn read(path: &Path) -> Result<ArchiveFile> {
+        let bytes = std::fs::read(path)
+            .map_err(|e| EngineError::io(format!("cannot read {}", path.display()), e))?;
+        Ok(Self::parse(&bytes, path))
+    }
+
+    fn parse(bytes: &[u8], path: &Path) -> ArchiveFile {
+        let mut out = ArchiveFile {
+            torn_end: !bytes.is_empty() && !bytes.ends_with(b"\n"),
+            ..Default::default()
+        };
+        let mut seen = HashSet::new();
+        for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            match serde_json::from_slice::<ArchiveRecord>(line) {
+                Ok(r) => {
+                    if seen.insert(r.archive_id.clone()) {
+                        out.records.push(r);
+                    } else {
+                        out.duplicates += 1;
+                    }
+                }
+                Err(e) => {
+                    let warning = format!(
+                        "{} line {}: skipped an unreadable line ({} bytes; a write torn by a crash?): {e}",
+                        path.display(),
+                        i + 1,
+                        line.len()
+                    );
+                    tracing::warn!("{warning}");
+                    out.warnings.push(warning);
+                }
+            }
+        }
+        out
+    }
 }
 
 impl AuditLog {
@@ -120,8 +245,15 @@ impl AuditLog {
             *guard = Some((open_append(&self.audit_path)?, None));
         }
         let (audit, _) = guard.as_mut().expect("opened above");
-        writeln!(audit, "{event}")
-            .map_err(|e| EngineError::io(format!("cannot write {}", self.audit_path.display()), e))
+        let mut line = serde_json::to_vec(&event).expect("serializable");
+        line.push(b'\n');
+        write_once(audit, &line, &self.audit_path)
+    }
+
+    /// Where the archive file of `run_id` is (absolute when the current directory is known).
+    pub fn archive_path(&self, run_id: &str) -> PathBuf {
+        let path = self.archive_dir.join(format!("{run_id}.jsonl"));
+        std::path::absolute(&path).unwrap_or(path)
     }
 
     /// Appends archive records for a run.
@@ -134,18 +266,50 @@ impl AuditLog {
             *guard = Some((open_append(&self.audit_path)?, None));
         }
         let (_, archive) = guard.as_mut().expect("opened above");
+        let path = self.archive_dir.join(format!("{run_id}.jsonl"));
         if archive.as_ref().map(|(r, _)| r.as_str()) != Some(run_id) {
-            let path = self.archive_dir.join(format!("{run_id}.jsonl"));
             *archive = Some((run_id.to_owned(), open_append(&path)?));
         }
         let (_, file) = archive.as_mut().expect("opened above");
+        write_once(file, &archive_lines(records.iter()), &path)
+    }
+
+    /// Appends to the archive file at `path` the records whose archive id it lacks, in one
+    /// write, and fsyncs it. A torn last line is closed with a newline first, so it stays one
+    /// unreadable line. Returns how many records were appended.
+    pub(crate) fn append_missing(path: &Path, records: &[ArchiveRecord]) -> Result<u64> {
+        let existing = match std::fs::read(path) {
+            Ok(bytes) => ArchiveFile::parse(&bytes, path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => ArchiveFile::default(),
+            Err(e) => {
+                return Err(EngineError::io(
+                    format!("cannot read {}", path.display()),
+                    e,
+                ))
+            }
+        };
+        let mut have: HashSet<&str> = existing
+            .records
+            .iter()
+            .map(|r| r.archive_id.as_str())
+            .collect();
+        let missing: Vec<&ArchiveRecord> = records
+            .iter()
+            .filter(|r| have.insert(r.archive_id.as_str()))
+            .collect();
+        if missing.is_empty() {
+            return Ok(0);
+        }
         let mut buf = Vec::new();
-        for r in records {
-            serde_json::to_writer(&mut buf, r).expect("serializable");
+        if existing.torn_end {
             buf.push(b'\n');
         }
-        file.write_all(&buf)
-            .map_err(|e| EngineError::io("cannot write the archive file", e))
+        buf.extend(archive_lines(missing.iter().copied()));
+        let mut file = open_append(path)?;
+        write_once(&mut file, &buf, path)?;
+        file.sync_data()
+            .map_err(|e| EngineError::io(format!("cannot sync {}", path.display()), e))?;
+        Ok(missing.len() as u64)
     }
 
     /// Flushes both files to disk.
@@ -163,20 +327,21 @@ impl AuditLog {
         Ok(())
     }
 
-    /// Reads an archive file.
+    /// Reads an archive file: one record per archive id; unreadable lines are skipped (see
+    /// [`ArchiveFile::read`]).
     pub fn read_archive(path: &Path) -> Result<Vec<ArchiveRecord>> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| EngineError::io(format!("cannot read {}", path.display()), e))?;
-        text.lines()
-            .filter(|l| !l.trim().is_empty())
-            .enumerate()
-            .map(|(i, l)| {
-                serde_json::from_str(l).map_err(|e| {
-                    EngineError::Other(format!("{} line {}: {e}", path.display(), i + 1))
-                })
-            })
-            .collect()
+        Ok(ArchiveFile::read(path)?.records)
     }
+}
+
+/// Archive records as JSON lines.
+fn archive_lines<'a>(records: impl Iterator<Item = &'a ArchiveRecord>) -> Vec<u8> {
+    let mut buf = Vec::new();
+    for r in records {
+        serde_json::to_writer(&mut buf, r).expect("serializable");
+        buf.push(b'\n');
+    }
+    buf
 }
 
 #[cfg(test)]
@@ -187,5 +352,121 @@ mod tests {
     fn printable_escapes_binary() {
         assert_eq!(printable(b"celery\x06\x163"), "celery\\x06\\x163");
         assert_eq!(printable(b"a\\b"), "a\\x5cb");
+    }
+
+    fn record(id: &str) -> ArchiveRecord {
+        ArchiveRecord {
+            archive_id: id.into(),
+            run_id: "20260101T000000Z-0000abcd".into(),
+            redis: "broker".into(),
+            location: Location::Queue,
+            key_b64: b64(b"celery"),
+            value_b64: b64(b"{}"),
+            field_b64: None,
+            index_key_b64: None,
+            score: None,
+            pttl: None,
+            task_id: Some(format!("task-{id}")),
+            task_name: None,
+            owner_table: None,
+            owner_id: None,
+            reason: "orphaned".into(),
+            removed_at: "2026-01-01T00:00:00Z".into(),
+        }
+    }
+
+    fn ids(f: &ArchiveFile) -> Vec<&str> {
+        f.records.iter().map(|r| r.archive_id.as_str()).collect()
+    }
+
+    #[test]
+    fn a_torn_last_line_and_repeated_ids_are_skipped() {
+        let mut bytes = archive_lines([record("1-0"), record("2-0"), record("1-0")].iter());
+        let torn = archive_lines([record("3-0")].iter());
+        bytes.extend_from_slice(&torn[..torn.len() / 2]);
+        let f = ArchiveFile::parse(&bytes, Path::new("x.jsonl"));
+        assert_eq!(ids(&f), ["1-0", "2-0"]);
+        assert_eq!(f.duplicates, 1);
+        assert_eq!(f.warnings.len(), 1, "{:?}", f.warnings);
+        assert!(f.warnings[0].contains("line 4"), "{:?}", f.warnings);
+        assert!(f.torn_end);
+    }
+
+    #[test]
+    fn completing_a_torn_file_appends_only_what_it_lacks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new/archive/run.jsonl");
+        assert_eq!(
+            AuditLog::append_missing(&path, &[record("1-0")]).unwrap(),
+            1
+        );
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.extend_from_slice(br#"{"archive_id":"2-0","ru"#);
+        std::fs::write(&path, &bytes).unwrap();
+
+        let all = [record("1-0"), record("2-0"), record("3-0")];
+        assert_eq!(AuditLog::append_missing(&path, &all).unwrap(), 2);
+        assert_eq!(AuditLog::append_missing(&path, &all).unwrap(), 0);
+        let f = ArchiveFile::read(&path).unwrap();
+        assert_eq!(ids(&f), ["1-0", "2-0", "3-0"]);
+        assert_eq!(
+            f.warnings.len(),
+            1,
+            "the torn fragment stays one line of its own"
+        );
+        assert!(!f.torn_end);
+    }
+
+    #[test]
+    fn audit_lines_of_several_writers_never_interleave() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        // One AuditLog (one open file) per thread, as several processes would have.
+        std::thread::scope(|scope| {
+            for w in 0..4 {
+                let path = path.clone();
+                scope.spawn(move || {
+                    let log = AuditLog::new(path, PathBuf::from("unused"));
+                    let filler = "x".repeat(20_000 + w * 1000);
+                    for i in 0..200 {
+                        log.event(serde_json::json!({"w": w, "i": i, "filler": filler}))
+                            .unwrap();
+                    }
+                });
+            }
+        });
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 800);
+        for line in lines {
+            let v: Value = serde_json::from_str(line).expect("every line is one whole event");
+            assert!(v["ts"].is_string());
+        }
+    }
+
+    #[test]
+    fn files_are_private_and_existing_directories_keep_their_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let log = AuditLog::new(dir.path().join("logs/audit.jsonl"), dir.path().join("a/b"));
+        log.event(serde_json::json!({"action": "run"})).unwrap();
+        log.archive("run", &[record("1-0")]).unwrap();
+        assert_eq!(mode(dir.path()), 0o755);
+        for d in ["logs", "a", "a/b"] {
+            assert_eq!(mode(&dir.path().join(d)), 0o700, "{d}");
+        }
+        for f in ["logs/audit.jsonl", "a/b/run.jsonl"] {
+            assert_eq!(mode(&dir.path().join(f)), 0o600, "{f}");
+        }
+        let config = dir.path().join("etc/cj.toml");
+        write_private_file(&config, b"a", false).unwrap();
+        assert!(write_private_file(&config, b"b", false).is_err());
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_private_file(&config, b"c", true).unwrap();
+        assert_eq!(std::fs::read(&config).unwrap(), b"c");
+        assert_eq!(mode(&config), 0o600);
+        assert_eq!(mode(&dir.path().join("etc")), 0o700);
     }
 }

@@ -83,6 +83,8 @@ pub struct Entry {
     /// Remaining TTL in ms of a result key when read (-1: none).
     pub pttl: Option<i64>,
     pub(crate) owner_rule: Option<usize>,
+    /// When the scan read this entry: an orphan is confirmed only `grace_seconds` after it.
+    pub(crate) read_at: Option<std::time::Instant>,
 }
 
 impl Entry {
@@ -106,6 +108,7 @@ impl Entry {
             eta: None,
             pttl: None,
             owner_rule: None,
+            read_at: None,
         }
     }
 

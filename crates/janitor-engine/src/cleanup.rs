@@ -1,10 +1,13 @@
 //! `cleanup-orphaned` and `full-cleanup`.
 //!
-//! One run: take the janitor lock, scan and classify, wait `grace_seconds`, re-check every orphan's
-//! row (a row that appeared — a transaction that committed late — saves its entries), then remove
-//! what is still orphaned with the compare-and-set Lua scripts, which archive each entry in the
-//! same atomic step. `full-cleanup` also removes results older than `max_age_hours` and marks
-//! lost rows. Every change is audited; the archive file is fsync'd before the run reports.
+//! One run: take the janitor lock (kept alive by a heartbeat), record the run, scan and
+//! classify, wait until `grace_seconds` have passed since the last candidate was read, re-check
+//! every orphan's row (a row that appeared — a transaction that committed late — saves its
+//! entries), then remove what is still orphaned with the compare-and-set Lua scripts, which
+//! archive each entry in the same atomic step. `full-cleanup` also removes results older than
+//! `max_age_hours` and marks lost rows. Every change is audited; the archive file is fsync'd
+//! before the run reports. A run that stops partway (an error, a lost connection, Ctrl-C) still
+//! writes its audit event and run record, and says how to undo what it did.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
@@ -12,11 +15,14 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::archive::{b64, printable, stream_meta, ArchiveRecord};
+use crate::cancel::Cancel;
 use crate::classify::{Entry, Location, State};
 use crate::error::{EngineError, Result};
 use crate::janitor::Janitor;
+use crate::lock::RunLock;
 use crate::progress::Progress;
-use crate::redis_io::{RedisHandle, LOCK_TTL_MS};
+use crate::runs::{RunCounts, RunEnd, RunOutcome};
+use crate::scan::ScanCtx;
 
 /// Entries per Lua call: keeps each atomic step short so Redis stays responsive.
 const BATCH: usize = 100;
@@ -33,6 +39,10 @@ pub struct CleanupOptions {
     pub grace_seconds: Option<f64>,
     /// Overrides `max_age_hours` (full-cleanup).
     pub max_age_hours: Option<f64>,
+    /// Take over a run lock left by a process of this host that no longer runs.
+    pub take_over_lock: bool,
+    /// Stops the run at its next safe point (grace wait, scan page, removal batch).
+    pub cancel: Cancel,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -117,10 +127,6 @@ pub struct FullCleanupReport {
     pub lost_rows: LostRowsReport,
 }
 
-pub(crate) struct Locks {
-    held: Vec<(RedisHandle, Vec<u8>, String)>,
-}
-
 impl Janitor {
     pub async fn cleanup_orphans(
         &self,
@@ -147,87 +153,62 @@ impl Janitor {
         )
     }
 
-    async fn take_locks(&self) -> Result<Locks> {
-        let key = self.own_key("lock");
-        let mut held = Vec::new();
+    /// The servers a run locks: the broker, and the backend when it is another Redis.
+    fn lock_handles(&self) -> Vec<crate::redis_io::RedisHandle> {
         let mut handles = vec![self.broker.clone()];
         if !self.shared_redis {
             handles.push(self.backend.clone());
         }
-        for h in handles {
-            match h.try_lock(&key, LOCK_TTL_MS).await? {
-                Some(token) => held.push((h, key.clone(), token)),
-                None => {
-                    let locks = Locks { held };
-                    self.release_locks(locks).await;
-                    return Err(EngineError::Busy {
-                        key: printable(&key),
-                    });
-                }
-            }
-        }
-        Ok(Locks { held })
+        handles
     }
 
-    async fn refresh_locks(&self, locks: &Locks) -> Result<()> {
-        for (h, key, token) in &locks.held {
-            if !h
-                .lock_cas(&self.scripts, key, token, Some(LOCK_TTL_MS))
-                .await?
-            {
-                return Err(EngineError::Other(
-                    "the janitor lock expired during the run; stopped before changing anything else".into(),
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// Grace: waits until `grace` seconds have passed since the scan started (rows of apps that
-    /// enqueue before committing appear meanwhile), then asks the database again. Entries whose
-    /// row now exists become live. Waits only if there is something to confirm.
+    /// Grace: waits until `grace` seconds have passed since the last candidate was read (rows
+    /// of apps that enqueue before committing appear meanwhile), then asks the database again.
+    /// Entries whose row now exists become live. Waits only if there is something to confirm.
     pub(crate) async fn confirm(
         &self,
         candidates: &mut [Entry],
-        since: Instant,
         grace: f64,
-        locks: Option<&Locks>,
+        lock: Option<&RunLock>,
+        cancel: &Cancel,
         progress: &dyn Progress,
     ) -> Result<()> {
         if candidates.is_empty() {
             return Ok(());
         }
-        let deadline = since + Duration::from_secs_f64(grace);
+        // Every candidate carries its read time; the latest bounds them all, so each one's
+        // owner is asked again at least `grace` after that entry was read.
+        let last_read = candidates
+            .iter()
+            .filter_map(|e| e.read_at)
+            .max()
+            .unwrap_or_else(Instant::now);
+        let deadline = last_read + Duration::from_secs_f64(grace);
         if Instant::now() < deadline {
             progress.phase(
                 &format!("confirming {} orphans (grace {grace} s)", candidates.len()),
                 None,
             );
         }
-        while Instant::now() < deadline {
-            let step = (deadline - Instant::now()).min(Duration::from_secs(10));
-            tokio::time::sleep(step).await;
-            if let Some(locks) = locks {
-                self.refresh_locks(locks).await?;
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            let step = (deadline - now).min(Duration::from_secs(1));
+            tokio::select! {
+                _ = tokio::time::sleep(step) => {}
+                _ = cancel.cancelled() => return Err(EngineError::Interrupted),
+            }
+            if let Some(lock) = lock {
+                lock.ensure_held()?;
             }
         }
+        cancel.check()?;
         for chunk in candidates.chunks_mut(1000) {
             self.settle(chunk).await?;
         }
         Ok(())
-    }
-
-    async fn release_locks(&self, locks: Locks) {
-        for (h, key, token) in locks.held {
-            if let Err(e) = h.lock_cas(&self.scripts, &key, &token, None).await {
-                tracing::warn!(error = %e, "could not release the janitor lock; it expires by itself");
-            }
-        }
-    }
-
-    fn lock_token<'a>(&self, locks: &'a Locks, backend: bool) -> &'a str {
-        let i = if backend && !self.shared_redis { 1 } else { 0 };
-        &locks.held[i].2
     }
 
     async fn run_cleanup(
@@ -236,44 +217,128 @@ impl Janitor {
         full: bool,
         progress: &dyn Progress,
     ) -> Result<FullCleanupReport> {
-        let run_id = Self::new_run_id();
-        let locks = if opts.dry_run {
-            None
+        let s = &self.settings;
+        // Checked before the lock is taken: a bad value must not leave a lock behind.
+        let grace =
+            janitor_config::validate_grace_seconds(opts.grace_seconds.unwrap_or(s.grace_seconds))?;
+        let max_age_hours =
+            janitor_config::validate_max_age_hours(opts.max_age_hours.unwrap_or(s.max_age_hours))?;
+        let command = if full {
+            "full-cleanup"
         } else {
-            Some(self.take_locks().await?)
+            "cleanup-orphaned"
         };
-        let outcome = self
-            .run_locked(&run_id, opts, full, locks.as_ref(), progress)
-            .await;
-        if let Some(locks) = locks {
-            self.release_locks(locks).await;
+        let run_id = Self::new_run_id();
+        let mut report = FullCleanupReport {
+            run_id: run_id.clone(),
+            dry_run: opts.dry_run,
+            ..Default::default()
+        };
+        report.orphans.run_id = run_id.clone();
+        report.orphans.dry_run = opts.dry_run;
+        report.expired_results.max_age_hours = max_age_hours;
+        let params = RunParams {
+            grace,
+            max_age_hours,
+            full,
+            cancel: &opts.cancel,
+        };
+
+        if opts.dry_run {
+            // A preview changes nothing, so it takes no lock and keeps no run record.
+            self.run_locked(&mut report, &params, None, progress)
+                .await?;
+            self.audit.event(serde_json::json!({
+                "action": "run",
+                "command": command,
+                "run_id": run_id,
+                "dry_run": true,
+                "outcome": "completed",
+                "report": report,
+            }))?;
+            self.audit.sync()?;
+            progress.finish();
+            return Ok(report);
         }
-        let report = outcome?;
-        self.audit.event(serde_json::json!({
-            "action": "run",
-            "command": if full { "full-cleanup" } else { "cleanup-orphaned" },
-            "run_id": run_id,
-            "dry_run": opts.dry_run,
-            "report": report,
-        }))?;
-        self.audit.sync()?;
+
+        let lock = RunLock::take(
+            self.lock_handles(),
+            &self.own_key("lock"),
+            &run_id,
+            opts.take_over_lock,
+        )
+        .await?;
+        if let Err(e) = self.begin_run(&run_id, command).await {
+            lock.release().await;
+            return Err(e);
+        }
+        let outcome = self
+            .run_locked(&mut report, &params, Some(&lock), progress)
+            .await;
+        let outcome = outcome.and_then(|()| self.audit.sync());
+        let changed = report.orphans.removed.total()
+            + report.expired_results.removed
+            + report.lost_rows.marked;
+        let (outcome_name, error) = match &outcome {
+            Ok(()) => ("completed", None),
+            Err(EngineError::Interrupted) => ("interrupted", Some("interrupted".to_owned())),
+            Err(e) => ("failed", Some(e.to_string())),
+        };
+        let audited = self
+            .audit
+            .event(serde_json::json!({
+                "action": "run",
+                "command": command,
+                "run_id": run_id,
+                "dry_run": false,
+                "outcome": outcome_name,
+                "error": error,
+                "report": report,
+            }))
+            .and_then(|()| self.audit.sync());
+        let recorded = self
+            .end_run(&run_id, outcome_name, &report, error.clone())
+            .await;
+        lock.release().await;
         progress.finish();
-        Ok(report)
+        match outcome {
+            Ok(()) => {
+                audited?;
+                recorded?;
+                Ok(report)
+            }
+            Err(e) => {
+                for failure in [audited.err(), recorded.err()].into_iter().flatten() {
+                    tracing::error!(error = %failure, run_id = %run_id, "could not record the end of a failed run");
+                }
+                Err(EngineError::PartialRun {
+                    run_id,
+                    changed,
+                    source: Box::new(e),
+                })
+            }
+        }
     }
 
     async fn run_locked(
         &self,
-        run_id: &str,
-        opts: &CleanupOptions,
-        full: bool,
-        locks: Option<&Locks>,
+        report: &mut FullCleanupReport,
+        params: &RunParams<'_>,
+        lock: Option<&RunLock>,
         progress: &dyn Progress,
-    ) -> Result<FullCleanupReport> {
+    ) -> Result<()> {
         let s = &self.settings;
-        let grace = opts.grace_seconds.unwrap_or(s.grace_seconds);
-        let max_age_hours = opts.max_age_hours.unwrap_or(s.max_age_hours);
-        let cutoff = chrono::Utc::now()
-            - chrono::Duration::milliseconds((max_age_hours * 3_600_000.0) as i64);
+        let RunParams {
+            grace,
+            max_age_hours,
+            full,
+            cancel,
+        } = *params;
+        let cutoff = chrono::Duration::try_milliseconds((max_age_hours * 3_600_000.0) as i64)
+            .and_then(|age| chrono::Utc::now().checked_sub_signed(age))
+            .ok_or_else(|| {
+                EngineError::Other(format!("max_age_hours {max_age_hours} is out of range"))
+            })?;
 
         // Lost-row candidates are read before the scan, so any work the scan sees for them
         // (queued, unacked, STARTED/RETRY) clears them.
@@ -287,21 +352,12 @@ impl Janitor {
             }
         }
 
-        let mut report = FullCleanupReport {
-            run_id: run_id.to_owned(),
-            dry_run: opts.dry_run,
-            ..Default::default()
-        };
-        report.orphans.run_id = run_id.to_owned();
-        report.orphans.dry_run = opts.dry_run;
-        report.expired_results.max_age_hours = max_age_hours;
-
-        let scan_started = Instant::now();
         let mut orphans: Vec<Entry> = Vec::new();
         let mut expired: Vec<Entry> = Vec::new();
         let mut undecidable = 0u64;
         let mut unaged = 0u64;
-        self.scan(progress, &mut |e: Entry| {
+        let mut ctx = ScanCtx::new(progress, cancel);
+        self.scan(&mut ctx, &mut |e: Entry| {
             if full {
                 for (rule, candidates, unsafe_reason) in lost.iter_mut() {
                     if e.owner_rule == Some(*rule) {
@@ -355,14 +411,14 @@ impl Janitor {
         report.orphans.undecidable = undecidable;
         report.expired_results.unaged = unaged;
 
-        self.confirm(&mut orphans, scan_started, grace, locks, progress)
+        self.confirm(&mut orphans, grace, lock, cancel, progress)
             .await?;
         let (confirmed, revived): (Vec<Entry>, Vec<Entry>) = orphans
             .into_iter()
             .partition(|e| e.state == State::Orphaned);
         report.orphans.skipped.revived = revived.len() as u64;
 
-        match locks {
+        match lock {
             None => {
                 for e in &confirmed {
                     report.orphans.removed.add(e.location, 1);
@@ -371,25 +427,26 @@ impl Janitor {
                 report.expired_results.without_ttl =
                     expired.iter().filter(|e| e.pttl == Some(-1)).count() as u64;
             }
-            Some(locks) => {
-                self.remove_entries(
-                    run_id,
-                    "orphaned",
-                    confirmed,
-                    locks,
-                    &mut report.orphans,
-                    progress,
-                )
-                .await?;
+            Some(lock) => {
+                let run_id = report.run_id.clone();
+                let batch = Batch {
+                    run_id: &run_id,
+                    lock,
+                    cancel,
+                };
+                self.remove_entries(&batch, "orphaned", confirmed, &mut report.orphans, progress)
+                    .await?;
                 if full {
                     let without_ttl = expired.iter().filter(|e| e.pttl == Some(-1)).count() as u64;
                     let mut sub = CleanupReport::default();
-                    self.remove_entries(run_id, "expired", expired, locks, &mut sub, progress)
-                        .await?;
+                    let removed = self
+                        .remove_entries(&batch, "expired", expired, &mut sub, progress)
+                        .await;
                     report.expired_results.removed = sub.removed.result;
                     report.expired_results.archived = sub.archived;
                     report.expired_results.changed = sub.skipped.changed;
                     report.expired_results.without_ttl = without_ttl.min(sub.removed.result);
+                    removed?;
                 }
             }
         }
@@ -409,16 +466,19 @@ impl Janitor {
                 ids.sort();
                 batches.push((rule_idx, rule, ids));
             }
-            let marked = if opts.dry_run {
-                batches.iter().map(|(_, _, ids)| ids.clone()).collect()
-            } else {
-                self.db.mark_lost(&batches).await?
+            let marked = match lock {
+                None => batches.iter().map(|(_, _, ids)| ids.clone()).collect(),
+                Some(lock) => {
+                    cancel.check()?;
+                    lock.ensure_held()?;
+                    self.db.mark_lost(&batches).await?
+                }
             };
             for ((_, rule, _), changed) in batches.iter().zip(marked) {
-                if !opts.dry_run && !changed.is_empty() {
+                if lock.is_some() && !changed.is_empty() {
                     self.audit.event(serde_json::json!({
                         "action": "mark_lost",
-                        "run_id": run_id,
+                        "run_id": report.run_id,
                         "table": rule.table,
                         "status": rule.lost.as_ref().map(|l| l.lost_status.clone()),
                         "ids": changed,
@@ -432,16 +492,16 @@ impl Janitor {
                     .or_default() += changed.len() as u64;
             }
         }
-        Ok(report)
+        Ok(())
     }
 
-    /// Removes confirmed entries, per location, with the compare-and-set scripts.
+    /// Removes confirmed entries, per location, with the compare-and-set scripts. Counts land
+    /// in `report` as they happen, so a run that stops partway reports what it did.
     async fn remove_entries(
         &self,
-        run_id: &str,
+        batch: &Batch<'_>,
         reason: &str,
         entries: Vec<Entry>,
-        locks: &Locks,
         report: &mut CleanupReport,
         progress: &dyn Progress,
     ) -> Result<()> {
@@ -462,50 +522,71 @@ impl Janitor {
                 Location::Result => results.push(e),
             }
         }
-        // `unacked` first: once its orphans are gone, no worker's restore sweep can push them
-        // back into the lists cleaned next.
         let mut revoke = Vec::new();
-        if !unacked.is_empty() {
-            revoke = self
-                .remove_unacked(run_id, reason, unacked, locks, report, progress)
-                .await?;
-        }
-        for (key, list) in lists {
-            let taken = self
-                .remove_from_list(run_id, reason, &key, list, locks, report, progress)
-                .await?;
-            revoke.extend(taken);
-        }
+        let removed = self
+            .remove_broker_entries(batch, reason, unacked, lists, report, &mut revoke, progress)
+            .await;
         // Removing a copy does not stop a worker that already holds the message (prefetched,
-        // waiting for its ETA, or just popped from a list): tell live workers to discard them.
+        // waiting for its ETA, or just popped from a list): tell live workers to discard them,
+        // also when the run stopped partway.
         revoke.sort();
         revoke.dedup();
         if !revoke.is_empty() {
-            report.revoke = Some(self.broadcast_revoke(&revoke).await?);
+            match self.broadcast_revoke(&revoke).await {
+                Ok(r) => report.revoke = Some(r),
+                Err(e) if removed.is_err() => {
+                    tracing::error!(error = %e, "could not broadcast the revoke of removed tasks")
+                }
+                Err(e) => return Err(e),
+            }
         }
-        for batch in results.chunks(BATCH) {
-            self.refresh_locks(locks).await?;
-            self.remove_results(run_id, reason, batch, locks, report)
-                .await?;
-            progress.advance(batch.len() as u64);
+        removed?;
+        for chunk in results.chunks(BATCH) {
+            batch.ready()?;
+            self.remove_results(batch, reason, chunk, report).await?;
+            progress.advance(chunk.len() as u64);
         }
         self.audit.sync()?;
         Ok(())
     }
 
+    /// `unacked` first: once its orphans are gone, no worker's restore sweep can push them back
+    /// into the lists cleaned next. Task ids to revoke are collected in `revoke`.
+    #[allow(clippy::too_many_arguments)]
+    async fn remove_broker_entries(
+        &self,
+        batch: &Batch<'_>,
+        reason: &str,
+        unacked: Vec<Entry>,
+        lists: BTreeMap<Vec<u8>, Vec<Entry>>,
+        report: &mut CleanupReport,
+        revoke: &mut Vec<String>,
+        progress: &dyn Progress,
+    ) -> Result<()> {
+        if !unacked.is_empty() {
+            self.remove_unacked(batch, reason, unacked, report, revoke, progress)
+                .await?;
+        }
+        for (key, list) in lists {
+            self.remove_from_list(batch, reason, &key, list, report, revoke, progress)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Removes one list's confirmed orphans, tail first (see `remove_list_entries.lua`).
-    /// Returns the task ids of orphans that were no longer there: most likely a worker took them.
+    /// Orphans that were no longer there (most likely a worker took them) go to `taken`.
     #[allow(clippy::too_many_arguments)]
     async fn remove_from_list(
         &self,
-        run_id: &str,
+        batch: &Batch<'_>,
         reason: &str,
         key: &[u8],
         mut entries: Vec<Entry>,
-        locks: &Locks,
         report: &mut CleanupReport,
+        taken: &mut Vec<String>,
         progress: &dyn Progress,
-    ) -> Result<Vec<String>> {
+    ) -> Result<()> {
         let archive = self.own_key("archive");
         let lock_key = self.own_key("lock");
         let mut con = self.broker.con.clone();
@@ -514,29 +595,31 @@ impl Janitor {
         let mut pending: std::collections::VecDeque<(Entry, i64)> =
             entries.into_iter().map(|e| (e, 0)).collect();
         let mut removed: i64 = 0;
-        let mut taken = Vec::new();
         while !pending.is_empty() {
-            self.refresh_locks(locks).await?;
-            let batch: Vec<(Entry, i64)> = pending.drain(..pending.len().min(BATCH)).collect();
+            batch.ready()?;
+            let chunk: Vec<(Entry, i64)> = pending.drain(..pending.len().min(BATCH)).collect();
             let tombstone = format!("celery-janitor:tombstone:{}", uuid::Uuid::new_v4());
             let mut inv = self.scripts.remove_list.key(key);
             inv.key(&archive).key(&lock_key);
-            inv.arg(self.lock_token(locks, false))
+            inv.arg(batch.lock.token(false))
                 .arg(&tombstone)
                 .arg(SEARCH_ELEMENTS)
                 .arg(SEARCH_BYTES)
                 .arg(ARCHIVE_MAXLEN);
-            for (e, p) in &batch {
+            for (e, p) in &chunk {
                 let from_tail = e.list_len.unwrap_or(0) - 1 - e.index.unwrap_or(0);
                 inv.arg(from_tail - removed)
                     .arg(*p)
                     .arg(&e.raw)
-                    .arg(stream_meta(run_id, e, reason));
+                    .arg(stream_meta(batch.run_id, e, reason));
             }
-            let reply: Vec<redis::Value> = inv.invoke_async(&mut con).await?;
+            let reply: Vec<redis::Value> = inv
+                .invoke_async(&mut con)
+                .await
+                .map_err(|e| script_error(e, &[key, &archive, &lock_key], &archive))?;
             let mut records = Vec::new();
             let mut resume = Vec::new();
-            for ((e, _), pair) in batch.into_iter().zip(reply.chunks(2)) {
+            for ((e, _), pair) in chunk.into_iter().zip(reply.chunks(2)) {
                 let p = redis::from_redis_value_ref::<i64>(&pair[1]).unwrap_or(0);
                 match redis::from_redis_value_ref::<Option<String>>(&pair[0])
                     .ok()
@@ -547,9 +630,15 @@ impl Janitor {
                         removed += 1;
                         report.removed.add(Location::Queue, 1);
                         report.archived += 1;
-                        records.push(
-                            self.record(run_id, "broker", &e, archive_id, reason, None, None),
-                        );
+                        records.push(self.record(
+                            batch.run_id,
+                            "broker",
+                            &e,
+                            archive_id,
+                            reason,
+                            None,
+                            None,
+                        ));
                         progress.advance(1);
                     }
                     None => {
@@ -559,24 +648,24 @@ impl Janitor {
                     }
                 }
             }
-            self.write_records(run_id, &records)?;
+            self.write_records(batch.run_id, &records)?;
             // Targets the budget did not reach go first in the next call, from where it stopped.
             for item in resume.into_iter().rev() {
                 pending.push_front(item);
             }
         }
-        Ok(taken)
+        Ok(())
     }
 
     async fn remove_unacked(
         &self,
-        run_id: &str,
+        batch: &Batch<'_>,
         reason: &str,
         entries: Vec<Entry>,
-        locks: &Locks,
         report: &mut CleanupReport,
+        revoked: &mut Vec<String>,
         progress: &dyn Progress,
-    ) -> Result<Vec<String>> {
+    ) -> Result<()> {
         let layout = &self.broker_layout;
         let (hash, index, mutex) = (
             layout.unacked_key(),
@@ -585,36 +674,36 @@ impl Janitor {
         );
         let archive = self.own_key("archive");
         let lock_key = self.own_key("lock");
-        let mut revoked = Vec::new();
         let mut con = self.broker.con.clone();
-        for batch in entries.chunks(BATCH) {
-            self.refresh_locks(locks).await?;
+        for chunk in entries.chunks(BATCH) {
+            batch.ready()?;
             let Some(mutex_token) = self.broker.take_unacked_mutex(&mutex).await? else {
                 tracing::warn!(
                     "unacked_mutex stayed held by a worker's restore sweep; entries skipped"
                 );
-                report.skipped.busy += batch.len() as u64;
+                report.skipped.busy += chunk.len() as u64;
                 continue;
             };
             let mut inv = self.scripts.remove_unacked.key(&hash);
             inv.key(&index).key(&mutex).key(&archive).key(&lock_key);
-            inv.arg(self.lock_token(locks, false))
+            inv.arg(batch.lock.token(false))
                 .arg(&mutex_token)
                 .arg(ARCHIVE_MAXLEN);
-            for e in batch {
+            for e in chunk {
                 inv.arg(e.field.as_deref().unwrap_or_default())
                     .arg(&e.raw)
-                    .arg(stream_meta(run_id, e, reason));
+                    .arg(stream_meta(batch.run_id, e, reason));
             }
-            let reply: Result<Vec<redis::Value>> =
-                inv.invoke_async(&mut con).await.map_err(Into::into);
+            let reply: Result<Vec<redis::Value>> = inv.invoke_async(&mut con).await.map_err(|e| {
+                script_error(e, &[&hash, &index, &mutex, &archive, &lock_key], &archive)
+            });
             // Release kombu's mutex whatever happened, by compare-and-delete.
             self.broker
                 .lock_cas(&self.scripts, &mutex, &mutex_token, None)
                 .await?;
             let reply = reply?;
             let mut records = Vec::new();
-            for (e, pair) in batch.iter().zip(reply.chunks(2)) {
+            for (e, pair) in chunk.iter().zip(reply.chunks(2)) {
                 let id = redis::from_redis_value_ref::<Option<String>>(&pair[0])
                     .ok()
                     .flatten();
@@ -628,44 +717,52 @@ impl Janitor {
                         if let Some(t) = &e.task_id {
                             revoked.push(t.clone());
                         }
-                        records.push(
-                            self.record(run_id, "broker", e, archive_id, reason, score, None),
-                        );
+                        records.push(self.record(
+                            batch.run_id,
+                            "broker",
+                            e,
+                            archive_id,
+                            reason,
+                            score,
+                            None,
+                        ));
                     }
                     None => report.skipped.changed += 1,
                 }
             }
-            self.write_records(run_id, &records)?;
-            progress.advance(batch.len() as u64);
+            self.write_records(batch.run_id, &records)?;
+            progress.advance(chunk.len() as u64);
         }
-        revoked.sort();
-        revoked.dedup();
-        Ok(revoked)
+        Ok(())
     }
 
     async fn remove_results(
         &self,
-        run_id: &str,
+        batch: &Batch<'_>,
         reason: &str,
-        batch: &[Entry],
-        locks: &Locks,
+        chunk: &[Entry],
         report: &mut CleanupReport,
     ) -> Result<()> {
         let archive = self.own_key("archive");
         let lock_key = self.own_key("lock");
         let mut inv = self.scripts.remove_results.key(&archive);
         inv.key(&lock_key);
-        for e in batch {
+        for e in chunk {
             inv.key(&e.key);
         }
-        inv.arg(self.lock_token(locks, true)).arg(ARCHIVE_MAXLEN);
-        for e in batch {
-            inv.arg(&e.raw).arg(stream_meta(run_id, e, reason));
+        inv.arg(batch.lock.token(true)).arg(ARCHIVE_MAXLEN);
+        for e in chunk {
+            inv.arg(&e.raw).arg(stream_meta(batch.run_id, e, reason));
         }
         let mut con = self.backend.con.clone();
-        let reply: Vec<redis::Value> = inv.invoke_async(&mut con).await?;
+        let mut keys: Vec<&[u8]> = vec![&archive, &lock_key];
+        keys.extend(chunk.iter().map(|e| e.key.as_slice()));
+        let reply: Vec<redis::Value> = inv
+            .invoke_async(&mut con)
+            .await
+            .map_err(|e| script_error(e, &keys, &archive))?;
         let mut records = Vec::new();
-        for (e, pair) in batch.iter().zip(reply.chunks(2)) {
+        for (e, pair) in chunk.iter().zip(reply.chunks(2)) {
             let id = redis::from_redis_value_ref::<Option<String>>(&pair[0])
                 .ok()
                 .flatten();
@@ -674,12 +771,20 @@ impl Janitor {
                 Some(archive_id) => {
                     report.removed.add(Location::Result, 1);
                     report.archived += 1;
-                    records.push(self.record(run_id, "backend", e, archive_id, reason, None, pttl));
+                    records.push(self.record(
+                        batch.run_id,
+                        "backend",
+                        e,
+                        archive_id,
+                        reason,
+                        None,
+                        pttl,
+                    ));
                 }
                 None => report.skipped.changed += 1,
             }
         }
-        self.write_records(run_id, &records)
+        self.write_records(batch.run_id, &records)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -734,6 +839,42 @@ impl Janitor {
         Ok(())
     }
 
+    /// Records the run as started (the "open" marker: its archive file may lack entries until
+    /// it ends) and first completes the archive files of earlier runs that crashed.
+    async fn begin_run(&self, run_id: &str, command: &str) -> Result<()> {
+        match self.repair_archive_files().await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                entries = n,
+                "completed the archive files of earlier runs that stopped before writing them"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not check the archive files of earlier runs")
+            }
+        }
+        self.record_run_start(run_id, command).await
+    }
+
+    /// Records how the run ended, with its counts.
+    async fn end_run(
+        &self,
+        run_id: &str,
+        outcome: &str,
+        report: &FullCleanupReport,
+        error: Option<String>,
+    ) -> Result<()> {
+        let mut removed = RunCounts::from(&report.orphans.removed);
+        removed.result += report.expired_results.removed;
+        let end = RunEnd {
+            outcome: RunOutcome::from(outcome.to_owned()),
+            removed,
+            archived: report.orphans.archived + report.expired_results.archived,
+            lost_rows_marked: report.lost_rows.marked,
+            error,
+        };
+        self.record_run_end(run_id, end).await
+    }
+
     /// Tells live workers to discard these tasks: removing an `unacked` entry does not stop a
     /// worker that already holds the message (prefetched or waiting for its ETA).
     async fn broadcast_revoke(&self, task_ids: &[String]) -> Result<RevokeReport> {
@@ -766,5 +907,56 @@ impl Janitor {
             task_ids: task_ids.len() as u64,
             heard_by,
         })
+    }
+}
+
+/// The validated settings of one run.
+#[derive(Clone, Copy)]
+struct RunParams<'a> {
+    grace: f64,
+    max_age_hours: f64,
+    full: bool,
+    cancel: &'a Cancel,
+}
+
+/// What every removal batch needs: the run, its lock, and the cancellation token.
+struct Batch<'a> {
+    run_id: &'a str,
+    lock: &'a RunLock,
+    cancel: &'a Cancel,
+}
+
+impl Batch<'_> {
+    /// Checked before each batch: stop if asked to, or if the lock was lost.
+    fn ready(&self) -> Result<()> {
+        self.cancel.check()?;
+        self.lock.ensure_held()
+    }
+}
+
+/// Turns a removal script's error reply into a typed error naming the key (see checks.lua).
+fn script_error(err: redis::RedisError, keys: &[&[u8]], archive: &[u8]) -> EngineError {
+    let detail = err.detail().unwrap_or_default().to_owned();
+    match err.code() {
+        Some("CJWRONGTYPE") => {
+            let mut parts = detail.split_whitespace();
+            let key = parts
+                .next()
+                .and_then(|i| i.parse::<usize>().ok())
+                .and_then(|i| keys.get(i.wrapping_sub(1)))
+                .map(|k| printable(k))
+                .unwrap_or_else(|| "a key".into());
+            EngineError::WrongType {
+                key,
+                found: parts.next().unwrap_or("?").to_owned(),
+                expected: parts.next().unwrap_or("?").replace('|', " or "),
+            }
+        }
+        Some("LOCKLOST") => EngineError::LockLost,
+        Some("CJARCHIVE") => EngineError::ArchiveWrite {
+            key: printable(archive),
+            message: detail,
+        },
+        _ => err.into(),
     }
 }

@@ -1,16 +1,52 @@
 //! Typed engine errors. The binary maps each variant to a named exit code; messages never
 //! contain credentials (URLs are shown through `SecretUrl`).
 
+use crate::lock::Holder;
+
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error("cannot connect to Redis at {url}: {message}")]
     RedisUnavailable { url: String, message: String },
     #[error("cannot connect to the database at {url}: {message}")]
     DatabaseUnavailable { url: String, message: String },
+    #[error("lost the database connection (table {table}): {message}")]
+    DatabaseLost { table: String, message: String },
     #[error("no database configured: set DATABASE_URL, --database-url or [database] url")]
     NoDatabase,
-    #[error("another cleanup is running (lock {key} is held); nothing was changed")]
-    Busy { key: String },
+    #[error("invalid option: {0}")]
+    InvalidOption(#[from] janitor_config::ConfigError),
+    #[error("another cleanup is running: {}; nothing was changed", describe_busy(.key, .holder, *.expires_in_ms))]
+    Busy {
+        key: String,
+        /// Who holds the lock, when it says (locks of older versions don't).
+        holder: Option<Box<Holder>>,
+        /// Milliseconds until the lock expires unless its holder refreshes it.
+        expires_in_ms: Option<i64>,
+        /// The holder ran on this host and its process is gone: the lock may be taken over.
+        stale: bool,
+    },
+    #[error("the janitor lock was lost during the run (another process took or deleted it); stopped before changing anything else")]
+    LockLost,
+    #[error("interrupted")]
+    Interrupted,
+    #[error("{key} is a Redis {found}, expected {expected} (or missing); that removal step changed nothing")]
+    WrongType {
+        key: String,
+        found: String,
+        expected: String,
+    },
+    #[error(
+        "could not write the archive stream {key} ({message}); that removal step changed nothing"
+    )]
+    ArchiveWrite { key: String, message: String },
+    #[error("{source}\n{}", describe_partial(.run_id, *.changed))]
+    PartialRun {
+        run_id: String,
+        /// Entries removed (and archived) or rows marked before the run stopped.
+        changed: u64,
+        #[source]
+        source: Box<EngineError>,
+    },
     #[error("Redis error: {0}")]
     Redis(#[from] redis::RedisError),
     #[error("database error on {table}: {message}")]
@@ -24,12 +60,71 @@ pub enum EngineError {
     Other(String),
 }
 
+fn describe_busy(key: &str, holder: &Option<Box<Holder>>, expires_in_ms: Option<i64>) -> String {
+    let mut text = match holder {
+        Some(h) => format!(
+            "lock {key} is held by run {} (pid {} on {}) since {}",
+            h.run_id, h.pid, h.host, h.since
+        ),
+        None => format!("lock {key} is held"),
+    };
+    if let Some(ms) = expires_in_ms.filter(|ms| *ms >= 0) {
+        text.push_str(&format!(
+            "; it expires in {:.0} s unless its holder refreshes it",
+            (ms as f64 / 1000.0).ceil()
+        ));
+    }
+    text
+}
+
+fn describe_partial(run_id: &str, changed: u64) -> String {
+    if changed == 0 {
+        format!("run {run_id} stopped before changing anything")
+    } else {
+        format!(
+            "run {run_id} stopped partway: {changed} changes were made, each archived and audited; \
+             undo them with `celery-janitor restore --run {run_id}`, or run the cleanup again to finish"
+        )
+    }
+}
+
 impl EngineError {
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         EngineError::Io {
             context: context.into(),
             source,
         }
+    }
+
+    /// The error behind a partial run's summary.
+    pub fn root(&self) -> &EngineError {
+        match self {
+            EngineError::PartialRun { source, .. } => source.root(),
+            e => e,
+        }
+    }
+
+    /// Redis went away (connection refused, dropped, timed out), as opposed to a command error.
+    pub fn is_redis_connection(&self) -> bool {
+        match self.root() {
+            EngineError::RedisUnavailable { .. } => true,
+            EngineError::Redis(e) => {
+                e.is_io_error()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
+                    || e.is_timeout()
+                    || e.is_unrecoverable_error()
+            }
+            _ => false,
+        }
+    }
+
+    /// The database went away.
+    pub fn is_database_connection(&self) -> bool {
+        matches!(
+            self.root(),
+            EngineError::DatabaseUnavailable { .. } | EngineError::DatabaseLost { .. }
+        )
     }
 }
 

@@ -8,11 +8,13 @@ use janitor_wire::{BackendLayout, BrokerLayout};
 use serde::Serialize;
 
 use crate::archive::AuditLog;
+use crate::cancel::Cancel;
 use crate::classify::{Entry, Location, State};
 use crate::error::{EngineError, Result};
 use crate::owners_db::OwnerDb;
 use crate::progress::Progress;
 use crate::redis_io::{RedisHandle, Scripts};
+use crate::scan::{ScanCtx, WrongTypeKeys};
 use crate::OWN_KEY_PREFIX;
 
 pub struct Janitor {
@@ -64,6 +66,8 @@ pub struct StatusReport {
     pub redis: RedisInfo,
     pub tasks: TaskCounts,
     pub results: ResultCounts,
+    /// Keys where Celery keeps another type (skipped, never removed).
+    pub wrong_type_keys: WrongTypeKeys,
 }
 
 impl TaskCounts {
@@ -161,7 +165,7 @@ impl Janitor {
     }
 
     /// Counts every entry by state and location, and the owner rows. Orphans are confirmed
-    /// as in a cleanup: still missing `grace_seconds` after the scan started.
+    /// as in a cleanup: still missing `grace_seconds` after the scan read them.
     pub async fn status(
         &self,
         grace_seconds: f64,
@@ -170,13 +174,14 @@ impl Janitor {
         let redis = self.redis_info().await?;
         let mut tasks = TaskCounts::zeroed();
         let mut results = ResultCounts::default();
-        self.entries(grace_seconds, false, progress, &mut |e: Entry| {
-            if e.location == Location::Result && e.task_name.is_none() {
-                results.unnamed += 1;
-            }
-            tasks.add(&e);
-        })
-        .await?;
+        let wrong_type_keys = self
+            .entries_noting(grace_seconds, false, progress, &mut |e: Entry| {
+                if e.location == Location::Result && e.task_name.is_none() {
+                    results.unnamed += 1;
+                }
+                tasks.add(&e);
+            })
+            .await?;
         for rule in self.settings.owners.rules() {
             tasks.in_database += self.db.count_rows(rule).await?;
         }
@@ -185,6 +190,7 @@ impl Janitor {
             redis,
             tasks,
             results,
+            wrong_type_keys,
         })
     }
 
@@ -224,9 +230,24 @@ impl Janitor {
         progress: &dyn Progress,
         sink: &mut (dyn FnMut(Entry) + Send),
     ) -> Result<()> {
-        let started = std::time::Instant::now();
+        self.entries_noting(grace_seconds, keep_raw, progress, sink)
+            .await
+            .map(drop)
+    }
+
+    /// [`Janitor::entries`], also returning the wrong-typed keys the scan skipped.
+    async fn entries_noting(
+        &self,
+        grace_seconds: f64,
+        keep_raw: bool,
+        progress: &dyn Progress,
+        sink: &mut (dyn FnMut(Entry) + Send),
+    ) -> Result<WrongTypeKeys> {
+        let grace_seconds = janitor_config::validate_grace_seconds(grace_seconds)?;
+        let cancel = Cancel::default();
+        let mut ctx = ScanCtx::new(progress, &cancel);
         let mut candidates = Vec::new();
-        self.scan(progress, &mut |mut e: Entry| {
+        self.scan(&mut ctx, &mut |mut e: Entry| {
             if e.state == State::Orphaned {
                 if !keep_raw {
                     e.raw = Vec::new();
@@ -237,12 +258,12 @@ impl Janitor {
             }
         })
         .await?;
-        self.confirm(&mut candidates, started, grace_seconds, None, progress)
+        self.confirm(&mut candidates, grace_seconds, None, &cancel, progress)
             .await?;
         for e in candidates {
             sink(e);
         }
         progress.finish();
-        Ok(())
+        Ok(ctx.wrong_types)
     }
 }

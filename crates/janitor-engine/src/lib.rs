@@ -6,17 +6,25 @@
 //! [`Janitor`]; none of them talks to Redis or the database directly.
 
 mod archive;
+mod cancel;
 mod classify;
 mod cleanup;
 mod error;
+mod host;
 mod janitor;
+mod lock;
 mod owners_db;
 mod progress;
 mod redis_io;
 mod restore;
+mod runs;
 mod scan;
 
-pub use archive::{printable, ArchiveRecord, AuditLog};
+pub use archive::{
+    create_private_dir_all, open_private_append, printable, write_private_file, ArchiveFile,
+    ArchiveRecord, AuditLog,
+};
+pub use cancel::Cancel;
 pub use classify::{Entry, Location, State};
 pub use cleanup::{
     CleanupOptions, CleanupReport, ExpiredResultsReport, FullCleanupReport, LocationCounts,
@@ -24,9 +32,11 @@ pub use cleanup::{
 };
 pub use error::EngineError;
 pub use janitor::{Janitor, RedisInfo, StatusReport, TaskCounts};
+pub use lock::Holder;
 pub use progress::{NoProgress, Progress};
-pub use restore::{RestoreOptions, RestoreReport};
-pub use scan::ScanFilter;
+pub use restore::{RestoreOptions, RestoreReport, RestoreSource};
+pub use runs::{RunCounts, RunEnd, RunOutcome, RunRecord, RUNS_KEPT};
+pub use scan::{ScanFilter, WrongTypeKey, WrongTypeKeys};
 
 /// Prefix of every key celery-janitor itself writes (after the broker's `global_keyprefix`).
 pub const OWN_KEY_PREFIX: &str = "celery-janitor:";

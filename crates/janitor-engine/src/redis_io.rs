@@ -13,7 +13,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(600);
 /// kombu's `unacked_mutex` expiry (`unacked_mutex_expire`, 300 s).
 const UNACKED_MUTEX_TTL_MS: u64 = 300_000;
-pub(crate) const LOCK_TTL_MS: u64 = 120_000;
 
 pub(crate) struct Scripts {
     pub remove_list: Script,
@@ -23,12 +22,22 @@ pub(crate) struct Scripts {
     pub lock: Script,
 }
 
+/// A script that writes, with the shared pre-write checks (`../lua/checks.lua`) in front.
+macro_rules! checked_script {
+    ($file:literal) => {
+        Script::new(concat!(
+            include_str!("../lua/checks.lua"),
+            include_str!(concat!("../lua/", $file))
+        ))
+    };
+}
+
 impl Scripts {
     pub fn load() -> Self {
         Scripts {
-            remove_list: Script::new(include_str!("../lua/remove_list_entries.lua")),
-            remove_unacked: Script::new(include_str!("../lua/remove_unacked_entries.lua")),
-            remove_results: Script::new(include_str!("../lua/remove_results.lua")),
+            remove_list: checked_script!("remove_list_entries.lua"),
+            remove_unacked: checked_script!("remove_unacked_entries.lua"),
+            remove_results: checked_script!("remove_results.lua"),
             restore: Script::new(include_str!("../lua/restore_entry.lua")),
             lock: Script::new(include_str!("../lua/lock.lua")),
         }
@@ -45,9 +54,10 @@ pub(crate) struct RedisHandle {
 
 impl RedisHandle {
     pub async fn connect(url: &SecretUrl) -> Result<Self> {
+        // A driver message may echo the URL or a piece of it: scrub it.
         let unavailable = |message: String| EngineError::RedisUnavailable {
             url: url.to_string(),
-            message,
+            message: url.scrub(&message),
         };
         let client = redis::Client::open(url.expose()).map_err(|e| unavailable(e.to_string()))?;
         let db = client.get_connection_info().redis_settings().db();

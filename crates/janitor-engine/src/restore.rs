@@ -1,45 +1,92 @@
 //! `restore`: puts archived entries back, byte for byte, where they were — queue messages at the
 //! consume end of their list (as kombu's own restore does), `unacked` entries with their index
-//! score, results with their remaining TTL. Each archive id is restored at most once.
+//! score, results with their remaining TTL.
+//!
+//! Which run: the newest in the run record (`runs.rs`) unless `--run`, `--all` or `--from-file`
+//! says otherwise; the report names it. Where from: this host's archive file of the run when it
+//! has it, else the Redis archive stream — in both cases with the stream entries of the run the
+//! file lacks. Each archive id is restored at most once: restored ids are kept per run, in
+//! `celery-janitor:restored:<run id>` (ids restored by earlier versions are in
+//! `celery-janitor:restored`, which is still honoured), so a second `restore` finds nothing left.
+//! What was found — left to restore plus already restored — is checked against the run record's
+//! counts: entries missing (a run larger than the capped stream, whose file is on another host or
+//! gone) are reported with the command that restores them, and the command exits 1.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::archive::{printable, unb64, AuditLog};
+use crate::archive::{b64, printable, unb64, ArchiveFile, ArchiveRecord};
 use crate::classify::Location;
 use crate::error::{EngineError, Result};
+use crate::host::hostname;
 use crate::janitor::Janitor;
 use crate::progress::Progress;
 use crate::redis_io::RedisHandle;
+use crate::runs::{RunCounts, RunOutcome, RunRecord};
 
-/// How long the set of restored archive ids is kept.
+/// How long a set of restored archive ids is kept.
 const RESTORED_KEEP_SECONDS: u64 = 30 * 24 * 3600;
+/// Commands per pipelined round trip.
+const PIPELINE: usize = 1000;
 
 #[derive(Debug, Clone, Default)]
 pub struct RestoreOptions {
-    /// Restore this run's entries (default: the most recent run).
+    /// Restore this run's entries (default: the newest run in the run record).
     pub run_id: Option<String>,
     /// Restore every archived entry.
     pub all: bool,
     /// Only entries of these task ids.
     pub task_ids: Vec<String>,
-    /// Read the entries from an archive file instead of the Redis archive stream.
+    /// Read the entries from this archive file (with the stream entries of the run it lacks).
     pub from_file: Option<PathBuf>,
     pub dry_run: bool,
 }
 
+/// Where the entries were read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RestoreSource {
+    /// An archive file (completed with the run's stream entries it lacks).
+    File,
+    /// The Redis archive stream.
+    #[default]
+    Stream,
+}
+
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RestoreReport {
+    /// The run restored (`None` with `--all`, or when no run is archived).
     pub run_id: Option<String>,
     pub dry_run: bool,
     pub restored: BTreeMap<&'static str, u64>,
-    /// Already restored, or the target was occupied (a result key or unacked field exists).
+    /// The target was occupied (a result key or unacked field exists again): left alone.
     pub skipped: u64,
+    pub source: RestoreSource,
+    /// The archive file read, when `source` is "file".
+    pub archive_file: Option<String>,
+    /// Entries the run archived, from its run record (`None`: unknown — no record, a run that
+    /// never ended, `--all` or `--task-id`).
+    pub expected: Option<u64>,
+    /// Entries of the run restored before (by an earlier `restore`).
+    pub already_restored: u64,
+    /// `expected` less what was found (left to restore + already restored): entries that
+    /// neither the file read nor the stream holds.
+    pub missing: u64,
+    /// When entries are missing: where they are and the command that restores them.
+    pub hint: Option<String>,
+    /// Lines of the archive file that could not be read, and other problems worked around.
+    pub warnings: Vec<String>,
 }
 
-/// One archived entry, from the stream or a file.
+impl RestoreReport {
+    pub fn restored_total(&self) -> u64 {
+        self.restored.values().sum()
+    }
+}
+
+/// One archived entry, decoded, ready for `restore_entry.lua`.
 struct Archived {
     id: String,
     backend: bool,
@@ -50,8 +97,29 @@ struct Archived {
     index_key: Vec<u8>,
     score: String,
     pttl: i64,
-    run_id: Option<String>,
+    run_id: String,
     task_id: Option<String>,
+}
+
+impl Archived {
+    fn decode(r: ArchiveRecord) -> Result<Archived> {
+        let opt = |v: Option<String>| -> Result<Vec<u8>> {
+            Ok(v.as_deref().map(unb64).transpose()?.unwrap_or_default())
+        };
+        Ok(Archived {
+            backend: r.redis == "backend",
+            location: r.location,
+            key: unb64(&r.key_b64)?,
+            value: unb64(&r.value_b64)?,
+            field: opt(r.field_b64)?,
+            index_key: opt(r.index_key_b64)?,
+            score: r.score.unwrap_or_default(),
+            pttl: r.pttl.unwrap_or(-1),
+            task_id: r.task_id,
+            run_id: r.run_id,
+            id: r.archive_id,
+        })
+    }
 }
 
 /// One XRANGE entry: its id and field/value pairs.
@@ -61,59 +129,249 @@ fn field<'a>(map: &'a BTreeMap<String, Vec<u8>>, k: &str) -> &'a [u8] {
     map.get(k).map(Vec::as_slice).unwrap_or_default()
 }
 
+/// Turns an archive-stream entry into the record the archive file would hold for it.
+fn stream_record(id: String, fields: Vec<(String, Vec<u8>)>) -> Option<ArchiveRecord> {
+    let map: BTreeMap<String, Vec<u8>> = fields.into_iter().collect();
+    let meta: serde_json::Value = serde_json::from_slice(field(&map, "meta")).unwrap_or_default();
+    let text = |k: &str| meta.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+    let location = match field(&map, "kind") {
+        b"queue" => Location::Queue,
+        b"unacked" => Location::Unacked,
+        b"result" => Location::Result,
+        _ => return None,
+    };
+    let unacked = location == Location::Unacked;
+    let score = String::from_utf8_lossy(field(&map, "score")).into_owned();
+    Some(ArchiveRecord {
+        archive_id: id,
+        run_id: text("run_id").unwrap_or_default(),
+        // Results are removed from the backend, everything else from the broker.
+        redis: if location == Location::Result {
+            "backend"
+        } else {
+            "broker"
+        }
+        .to_owned(),
+        location,
+        key_b64: b64(field(&map, "key")),
+        value_b64: b64(field(&map, "value")),
+        field_b64: unacked.then(|| b64(field(&map, "field"))),
+        index_key_b64: unacked.then(|| b64(field(&map, "index_key"))),
+        score: Some(score).filter(|s| !s.is_empty()),
+        pttl: (location == Location::Result).then(|| {
+            std::str::from_utf8(field(&map, "pttl"))
+                .ok()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(-1)
+        }),
+        task_id: text("task_id"),
+        task_name: text("task_name"),
+        owner_table: text("owner_table"),
+        owner_id: text("owner_id"),
+        reason: text("reason").unwrap_or_default(),
+        removed_at: text("removed_at").unwrap_or_default(),
+    })
+}
+
+/// A `CJWRONGTYPE`/`CJBADARG` reply of `restore_entry.lua`, with the key named.
+fn script_error(e: redis::RedisError, keys: &[&[u8]], archive_id: &str) -> EngineError {
+    let detail = e.detail().unwrap_or_default();
+    let mut parts = detail.split_whitespace();
+    let index = parts
+        .next()
+        .and_then(|i| i.parse::<usize>().ok())
+        .filter(|i| (1..=keys.len()).contains(i));
+    match (e.code(), index) {
+        (Some("CJWRONGTYPE"), Some(i)) => {
+            let found = parts.next().unwrap_or("?");
+            let expected = parts.next().unwrap_or("?").replace('|', " or ");
+            EngineError::Other(format!(
+                "cannot restore archive entry {archive_id}: key {} is a {found}, expected a {expected} (or no key); nothing was written for this entry",
+                printable(keys[i - 1])
+            ))
+        }
+        _ => EngineError::Other(format!("cannot restore archive entry {archive_id}: {e}")),
+    }
+}
+
 impl Janitor {
     pub async fn restore(
         &self,
         opts: &RestoreOptions,
         progress: &dyn Progress,
     ) -> Result<RestoreReport> {
-        let mut entries = match &opts.from_file {
-            Some(path) => self.archived_from_file(path)?,
-            None => self.archived_from_streams().await?,
-        };
-        let run_id = if opts.all {
-            None
-        } else {
-            opts.run_id
-                .clone()
-                .or_else(|| entries.iter().filter_map(|e| e.run_id.clone()).max())
-        };
-        entries.retain(|e| {
-            run_id.as_ref().is_none_or(|r| e.run_id.as_ref() == Some(r))
-                && (opts.task_ids.is_empty()
-                    || e.task_id
-                        .as_ref()
-                        .is_some_and(|t| opts.task_ids.contains(t)))
-        });
         let mut report = RestoreReport {
-            run_id: run_id.clone(),
             dry_run: opts.dry_run,
             ..Default::default()
         };
         for l in Location::ALL {
             report.restored.insert(l.as_str(), 0);
         }
-        progress.phase("restoring", Some(entries.len() as u64));
+        // An interrupted run's archive file may lack its last batch: complete it first. This
+        // only appends to the janitor's own files, so a dry run skips it and reads the stream.
+        if !opts.dry_run {
+            self.repair_archive_files().await?;
+        }
+
+        // The archive file named, or else this host's archive file of the run, if any.
+        let mut file: Option<(PathBuf, Vec<ArchiveRecord>)> = None;
+        if let Some(path) = &opts.from_file {
+            file = Some((path.clone(), self.read_file(path, &mut report)?));
+        }
+        let mut run_id = if opts.all {
+            None
+        } else if let Some(run) = &opts.run_id {
+            Some(run.clone())
+        } else if let Some((_, records)) = &file {
+            records.iter().map(|r| r.run_id.clone()).max()
+        } else {
+            self.latest_restorable_run().await?
+        };
+        let mut stream = Vec::new();
+        let unrecorded = run_id.is_none() && !opts.all && file.is_none();
+        if unrecorded {
+            // No run recorded: archives of an earlier version. The run of the newest entry.
+            stream = self.archived_in_streams(&|_| true).await?;
+            run_id = stream
+                .iter()
+                .max_by_key(|r| stream_id_order(&r.archive_id))
+                .map(|r| r.run_id.clone());
+            stream.retain(|r| Some(&r.run_id) == run_id.as_ref());
+        } else if let Some(run) = &run_id {
+            stream = self.archived_in_streams(&|r| r == run).await?;
+        } else if file.is_none() {
+            stream = self.archived_in_streams(&|_| true).await?;
+        }
+        let record = match &run_id {
+            Some(run) => self.run_record(run).await?,
+            None => None,
+        };
+        if let (None, Some(run)) = (&file, &run_id) {
+            let own = match &record {
+                Some(r) if r.host == hostname() => Some(PathBuf::from(&r.archive_file)),
+                Some(_) => None,
+                None => Some(self.audit.archive_path(run)),
+            };
+            if let Some(path) = own.filter(|p| p.is_file()) {
+                let records = self.read_file(&path, &mut report)?;
+                file = Some((path, records));
+            }
+        }
+        report.run_id = run_id.clone();
+
+        // File first, then the stream entries it lacks; one entry per archive id.
+        let mut seen = HashSet::new();
+        let mut records = Vec::new();
+        if let Some((path, from_file)) = file {
+            report.source = RestoreSource::File;
+            report.archive_file = Some(path.display().to_string());
+            records.extend(from_file);
+        }
+        records.extend(stream);
+        records.retain(|r| {
+            run_id.as_ref().is_none_or(|run| &r.run_id == run)
+                && (opts.task_ids.is_empty()
+                    || r.task_id
+                        .as_ref()
+                        .is_some_and(|t| opts.task_ids.contains(t)))
+                && seen.insert(r.archive_id.clone())
+        });
+        let mut entries = Vec::with_capacity(records.len());
+        for r in records {
+            let id = r.archive_id.clone();
+            match Archived::decode(r) {
+                Ok(e) => entries.push(e),
+                Err(e) => report
+                    .warnings
+                    .push(format!("skipped archive entry {id}: {e}")),
+            }
+        }
+
+        // Already restored: by id, in the run's set or (earlier versions) the global set.
+        let restored_before = self.restored_flags(&entries).await?;
+        let mut legacy = 0;
+        let mut pending = Vec::new();
+        for (e, (in_run_set, in_global)) in entries.into_iter().zip(restored_before) {
+            if in_run_set || in_global {
+                if !in_run_set {
+                    legacy += 1;
+                }
+                if !opts.task_ids.is_empty() || run_id.is_none() {
+                    report.already_restored += 1;
+                }
+            } else {
+                pending.push(e);
+            }
+        }
+        if let (Some(run), true) = (&run_id, opts.task_ids.is_empty()) {
+            // Restored entries leave the stream, so count them by the run's set.
+            report.already_restored = self.restored_count(run).await? + legacy;
+            report.expected = record.as_ref().and_then(expected_entries);
+            let found = pending.len() as u64 + report.already_restored;
+            report.missing = report.expected.unwrap_or(0).saturating_sub(found);
+            if report.missing > 0 {
+                report.hint = Some(missing_hint(
+                    run,
+                    report.missing,
+                    report.expected.unwrap_or(0),
+                    record.as_ref(),
+                    report.archive_file.as_deref(),
+                ));
+            }
+        }
+
+        let mut found = RunCounts::default();
+        for e in &pending {
+            match e.location {
+                Location::Queue => found.queue += 1,
+                Location::Unacked => found.unacked += 1,
+                Location::Result => found.result += 1,
+            }
+        }
+        let found_total = found.total() + report.already_restored;
+
+        progress.phase("restoring", Some(pending.len() as u64));
+        let outcome = self.restore_entries(pending, opts.dry_run, &mut report, progress);
+        let outcome = outcome.await;
+        self.audit.sync()?;
+        outcome?;
+        if let (true, false, None, Some(run)) = (unrecorded, opts.dry_run, &record, &run_id) {
+            if found_total > 0 && opts.task_ids.is_empty() {
+                let file_here = report.source == RestoreSource::File;
+                self.adopt_unrecorded_run(run, found, found_total, file_here)
+                    .await?;
+            }
+        }
+        progress.finish();
+        Ok(report)
+    }
+
+    async fn restore_entries(
+        &self,
+        entries: Vec<Archived>,
+        dry_run: bool,
+        report: &mut RestoreReport,
+        progress: &dyn Progress,
+    ) -> Result<()> {
         let archive = self.own_key("archive");
-        let restored_set = self.own_key("restored");
+        let global_set = self.own_key("restored");
         for e in entries {
-            if opts.dry_run {
+            if dry_run {
                 *report.restored.entry(e.location.as_str()).or_default() += 1;
+                progress.advance(1);
                 continue;
             }
-            let handle: &RedisHandle = if e.backend {
-                &self.backend
+            let run_set = self.restored_key(&e.run_id);
+            let index_key = if e.index_key.is_empty() {
+                &e.key
             } else {
-                &self.broker
+                &e.index_key
             };
-            let mut inv = self.scripts.restore.key(&archive);
-            inv.key(&restored_set)
-                .key(&e.key)
-                .key(if e.index_key.is_empty() {
-                    &e.key
-                } else {
-                    &e.index_key
-                });
+            let keys: [&[u8]; 5] = [&archive, &global_set, &e.key, index_key, &run_set];
+            let mut inv = self.scripts.restore.prepare_invoke();
+            for k in keys {
+                inv.key(k);
+            }
             inv.arg(&e.id)
                 .arg(e.location.as_str())
                 .arg(&e.value)
@@ -121,36 +379,113 @@ impl Janitor {
                 .arg(&e.score)
                 .arg(e.pttl)
                 .arg(RESTORED_KEEP_SECONDS);
-            let mut con = handle.con.clone();
-            let outcome: i64 = inv.invoke_async(&mut con).await?;
-            if outcome == 1 {
-                *report.restored.entry(e.location.as_str()).or_default() += 1;
-                self.audit.event(serde_json::json!({
-                    "action": "restore",
-                    "run_id": e.run_id,
-                    "archive_id": e.id,
-                    "location": e.location,
-                    "key": printable(&e.key),
-                    "task_id": e.task_id,
-                }))?;
-            } else {
-                report.skipped += 1;
+            let mut con = self.handle(e.backend).con.clone();
+            let outcome: i64 = inv
+                .invoke_async(&mut con)
+                .await
+                .map_err(|err| script_error(err, &keys, &e.id))?;
+            match outcome {
+                1 => {
+                    *report.restored.entry(e.location.as_str()).or_default() += 1;
+                    self.audit.event(serde_json::json!({
+                        "action": "restore",
+                        "run_id": e.run_id,
+                        "archive_id": e.id,
+                        "location": e.location,
+                        "key": printable(&e.key),
+                        "task_id": e.task_id,
+                    }))?;
+                }
+                // Restored meanwhile by another `restore`.
+                0 => report.already_restored += 1,
+                _ => report.skipped += 1,
             }
             progress.advance(1);
         }
-        self.audit.sync()?;
-        progress.finish();
-        Ok(report)
+        Ok(())
     }
 
-    async fn archived_from_streams(&self) -> Result<Vec<Archived>> {
-        let mut out = Vec::new();
-        let mut handles = vec![(self.broker.clone(), false)];
-        if !self.shared_redis {
-            handles.push((self.backend.clone(), true));
+    fn handle(&self, backend: bool) -> &RedisHandle {
+        if backend {
+            &self.backend
+        } else {
+            &self.broker
         }
+    }
+
+    /// The Redis connections holding archives: the broker, and the backend when separate.
+    fn archive_handles(&self) -> Vec<(&RedisHandle, bool)> {
+        let mut handles = vec![(&self.broker, false)];
+        if !self.shared_redis {
+            handles.push((&self.backend, true));
+        }
+        handles
+    }
+
+    /// The set of archive ids of `run_id` restored so far (the global set for entries whose
+    /// stream metadata lost their run id).
+    fn restored_key(&self, run_id: &str) -> Vec<u8> {
+        if run_id.is_empty() {
+            self.own_key("restored")
+        } else {
+            self.own_key(&format!("restored:{run_id}"))
+        }
+    }
+
+    /// How many archive ids of `run_id` were restored (both Redis servers).
+    async fn restored_count(&self, run_id: &str) -> Result<u64> {
+        let key = self.restored_key(run_id);
+        let mut total = 0;
+        for (h, _) in self.archive_handles() {
+            let mut con = h.con.clone();
+            let n: u64 = redis::cmd("SCARD").arg(&key).query_async(&mut con).await?;
+            total += n;
+        }
+        Ok(total)
+    }
+
+    /// For each entry: whether its id is in its run's restored set, and in the global one.
+    async fn restored_flags(&self, entries: &[Archived]) -> Result<Vec<(bool, bool)>> {
+        let mut flags = vec![(false, false); entries.len()];
+        let global = self.own_key("restored");
+        for (h, backend) in self.archive_handles() {
+            let on_this: Vec<usize> = (0..entries.len())
+                .filter(|&i| self.shared_redis || entries[i].backend == backend)
+                .collect();
+            for chunk in on_this.chunks(PIPELINE / 2) {
+                let mut pipe = redis::pipe();
+                for &i in chunk {
+                    let e = &entries[i];
+                    pipe.cmd("SISMEMBER")
+                        .arg(self.restored_key(&e.run_id))
+                        .arg(&e.id);
+                    pipe.cmd("SISMEMBER").arg(&global).arg(&e.id);
+                }
+                let mut con = h.con.clone();
+                let replies: Vec<bool> = pipe.query_async(&mut con).await?;
+                for (&i, pair) in chunk.iter().zip(replies.chunks(2)) {
+                    flags[i] = (pair[0], pair[1]);
+                }
+            }
+        }
+        Ok(flags)
+    }
+
+    fn read_file(&self, path: &Path, report: &mut RestoreReport) -> Result<Vec<ArchiveRecord>> {
+        let file = ArchiveFile::read(path)?;
+        report.warnings.extend(file.warnings);
+        Ok(file.records)
+    }
+
+    /// Archived entries in the Redis archive stream(s) whose run id `want_run` accepts, as the
+    /// archive file would hold them, oldest first.
+    pub(crate) async fn archived_in_streams(
+        &self,
+        want_run: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Result<Vec<ArchiveRecord>> {
+        let mut out = Vec::new();
         let key = self.own_key("archive");
-        for (h, backend) in handles {
+        for (h, _) in self.archive_handles() {
             let mut con = h.con.clone();
             let mut start = "-".to_string();
             loop {
@@ -163,42 +498,19 @@ impl Janitor {
                     .query_async(&mut con)
                     .await
                     .map_err(|e| {
-                        EngineError::Other(format!("cannot read the archive stream: {e}"))
+                        EngineError::Other(format!(
+                            "cannot read the archive stream {}: {e}",
+                            printable(&key)
+                        ))
                     })?;
                 let n = page.len();
                 for (id, fields) in page {
                     start = format!("({id}");
-                    let map: BTreeMap<String, Vec<u8>> = fields.into_iter().collect();
-                    let meta: serde_json::Value =
-                        serde_json::from_slice(field(&map, "meta")).unwrap_or_default();
-                    let location = match field(&map, "kind") {
-                        b"queue" => Location::Queue,
-                        b"unacked" => Location::Unacked,
-                        b"result" => Location::Result,
-                        _ => continue,
-                    };
-                    out.push(Archived {
-                        id,
-                        backend,
-                        location,
-                        key: field(&map, "key").to_vec(),
-                        value: field(&map, "value").to_vec(),
-                        field: field(&map, "field").to_vec(),
-                        index_key: field(&map, "index_key").to_vec(),
-                        score: String::from_utf8_lossy(field(&map, "score")).into_owned(),
-                        pttl: std::str::from_utf8(field(&map, "pttl"))
-                            .ok()
-                            .and_then(|p| p.parse().ok())
-                            .unwrap_or(-1),
-                        run_id: meta
-                            .get("run_id")
-                            .and_then(|v| v.as_str())
-                            .map(str::to_owned),
-                        task_id: meta
-                            .get("task_id")
-                            .and_then(|v| v.as_str())
-                            .map(str::to_owned),
-                    });
+                    if let Some(r) = stream_record(id, fields) {
+                        if want_run(&r.run_id) {
+                            out.push(r);
+                        }
+                    }
                 }
                 if n < 500 {
                     break;
@@ -207,35 +519,56 @@ impl Janitor {
         }
         Ok(out)
     }
+}
 
-    fn archived_from_file(&self, path: &std::path::Path) -> Result<Vec<Archived>> {
-        AuditLog::read_archive(path)?
-            .into_iter()
-            .map(|r| {
-                Ok(Archived {
-                    id: r.archive_id,
-                    backend: r.redis == "backend",
-                    location: r.location,
-                    key: unb64(&r.key_b64)?,
-                    value: unb64(&r.value_b64)?,
-                    field: r
-                        .field_b64
-                        .as_deref()
-                        .map(unb64)
-                        .transpose()?
-                        .unwrap_or_default(),
-                    index_key: r
-                        .index_key_b64
-                        .as_deref()
-                        .map(unb64)
-                        .transpose()?
-                        .unwrap_or_default(),
-                    score: r.score.unwrap_or_default(),
-                    pttl: r.pttl.unwrap_or(-1),
-                    run_id: Some(r.run_id),
-                    task_id: r.task_id,
-                })
-            })
-            .collect()
+/// A stream entry id (`<ms>-<seq>`) as numbers, which order entries by when they were added.
+fn stream_id_order(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+}
+
+/// The number of entries a run archived, if its record knows it.
+fn expected_entries(r: &RunRecord) -> Option<u64> {
+    (r.outcome != RunOutcome::Running).then(|| r.archived.max(r.removed.total()))
+}
+
+fn missing_hint(
+    run: &str,
+    missing: u64,
+    expected: u64,
+    record: Option<&RunRecord>,
+    read_file: Option<&str>,
+) -> String {
+    let head = format!("run {run}: {missing} of its {expected} archived entries were not found");
+    let Some(r) = record else {
+        return head;
+    };
+    let command = format!(
+        "celery-janitor restore --run {run} --from-file {}",
+        r.archive_file
+    );
+    let read = match read_file {
+        Some(f) => format!("in the archive file {f} nor "),
+        None => String::new(),
+    };
+    if r.host != hostname() {
+        format!(
+            "{head} {read}in the Redis archive (it keeps about 100,000 entries); its archive file \
+             is on host {}: run there: {command}",
+            r.host
+        )
+    } else if read_file == Some(r.archive_file.as_str()) {
+        format!(
+            "{head} {read}in the Redis archive; if you have another copy of the archive file \
+             (a backup), restore the rest from it: celery-janitor restore --run {run} --from-file COPY"
+        )
+    } else if Path::new(&r.archive_file).is_file() {
+        format!("{head} {read}in the Redis archive; run: {command}")
+    } else {
+        format!(
+            "{head} {read}in the Redis archive (it keeps about 100,000 entries), and its archive \
+             file {} is gone from this host; put it back (from a backup), then run: {command}",
+            r.archive_file
+        )
     }
 }

@@ -1,13 +1,75 @@
-//! The streaming scan: `unacked`, every queue list (with all priority sub-lists), and every
-//! result key, read in bounded pages (HSCAN/LRANGE/SCAN + pipelined MGET/PTTL), classified a page
-//! at a time with one owner lookup per rule per page. Memory holds one page, never the keyspace.
+//! The streaming scan: `unacked`, every queue list (with all priority sub-lists), `unacked`
+//! again (for orphans a worker prefetched from a list meanwhile), and every result key, read in
+//! bounded pages (HSCAN/LRANGE/SCAN + pipelined MGET/PTTL), classified a page at a time with one
+//! owner lookup per rule per page. Memory holds one page, never the keyspace. Each entry carries
+//! the time it was read, from which its grace period counts.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::time::Instant;
 
+use serde::Serialize;
+
+use crate::cancel::Cancel;
 use crate::classify::{pre_classify, Entry, RawEntry, State};
 use crate::error::Result;
 use crate::janitor::Janitor;
 use crate::progress::Progress;
+
+/// At most this many examples of wrong-typed keys are kept.
+const WRONG_TYPE_EXAMPLES: usize = 10;
+
+/// Keys where Celery keeps a list, hash, zset, set or string that hold another type: skipped by
+/// the scan (never removed), counted so `status` can show them.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WrongTypeKeys {
+    pub count: u64,
+    pub examples: Vec<WrongTypeKey>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WrongTypeKey {
+    pub key: String,
+    #[serde(rename = "type")]
+    pub found: String,
+    pub expected: String,
+}
+
+impl WrongTypeKeys {
+    pub(crate) fn add(&mut self, key: &[u8], found: &str, expected: &str) {
+        let key = crate::archive::printable(key);
+        tracing::warn!(%key, r#type = %found, %expected, "key of the wrong type; skipped");
+        self.count += 1;
+        if self.examples.len() < WRONG_TYPE_EXAMPLES {
+            self.examples.push(WrongTypeKey {
+                key,
+                found: found.to_owned(),
+                expected: expected.to_owned(),
+            });
+        }
+    }
+}
+
+/// What one scan needs besides the sink: progress, cancellation, and what it noticed.
+pub(crate) struct ScanCtx<'a> {
+    pub progress: &'a dyn Progress,
+    pub cancel: &'a Cancel,
+    pub wrong_types: WrongTypeKeys,
+}
+
+impl<'a> ScanCtx<'a> {
+    pub fn new(progress: &'a dyn Progress, cancel: &'a Cancel) -> Self {
+        ScanCtx {
+            progress,
+            cancel,
+            wrong_types: WrongTypeKeys::default(),
+        }
+    }
+}
+
+fn field_hash(field: &[u8]) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(field)
+}
 
 const PAGE: usize = 500;
 /// How many recent messages of a list are remembered to skip repeats across pages.
@@ -69,27 +131,40 @@ impl Default for ScanFilter {
 impl Janitor {
     pub(crate) async fn scan(
         &self,
-        progress: &dyn Progress,
+        ctx: &mut ScanCtx<'_>,
         sink: &mut (dyn FnMut(Entry) + Send),
     ) -> Result<()> {
-        let routing_keys = self.scan_unacked(progress, sink).await?;
-        let lists = self.queue_lists(routing_keys).await?;
+        let mut seen_unacked = HashSet::new();
+        let routing_keys = self
+            .scan_unacked(ctx, &mut seen_unacked, false, sink)
+            .await?;
+        let lists = self.queue_lists(routing_keys, ctx).await?;
         for (key, queue) in &lists {
-            self.scan_list(key, queue, progress, sink).await?;
+            self.scan_list(key, queue, ctx, sink).await?;
         }
-        self.scan_results(progress, sink).await?;
+        // A worker that prefetched an orphan from a list after `unacked` was read moved it out
+        // of every place read so far; `unacked` is small, so read it once more for new fields.
+        self.scan_unacked(ctx, &mut seen_unacked, true, sink)
+            .await?;
+        self.scan_results(ctx, sink).await?;
         Ok(())
     }
 
-    /// Classifies a page: one owner lookup per rule, then hands every entry to `sink`.
+    /// Classifies a page read at `read_at`: one owner lookup per rule, then hands every entry to
+    /// `sink`.
     async fn settle_page(
         &self,
         raws: Vec<RawEntry>,
+        read_at: Instant,
         sink: &mut (dyn FnMut(Entry) + Send),
     ) -> Result<()> {
         let mut entries: Vec<Entry> = raws
             .into_iter()
-            .map(|r| pre_classify(r, &self.settings.owners))
+            .map(|r| {
+                let mut e = pre_classify(r, &self.settings.owners);
+                e.read_at = Some(read_at);
+                e
+            })
             .collect();
         self.settle(&mut entries).await?;
         for e in entries {
@@ -131,21 +206,37 @@ impl Janitor {
         Ok(())
     }
 
+    /// Reads `unacked`. The first pass records every field in `seen`; the second (`again`)
+    /// classifies only fields the first did not see.
     async fn scan_unacked(
         &self,
-        progress: &dyn Progress,
+        ctx: &mut ScanCtx<'_>,
+        seen: &mut HashSet<u64>,
+        again: bool,
         sink: &mut (dyn FnMut(Entry) + Send),
     ) -> Result<BTreeSet<String>> {
         let key = self.broker_layout.unacked_key();
+        let index_key = self.broker_layout.unacked_index_key();
         let mut con = self.broker.con.clone();
         let mut routing_keys = BTreeSet::new();
-        if self.broker.types(std::slice::from_ref(&key)).await?[0] != "hash" {
+        let types = self.broker.types(&[key.clone(), index_key.clone()]).await?;
+        if !again && !matches!(types[1].as_str(), "zset" | "none") {
+            ctx.wrong_types.add(&index_key, &types[1], "zset");
+        }
+        if types[0] != "hash" {
+            if !again && types[0] != "none" {
+                ctx.wrong_types.add(&key, &types[0], "hash");
+            }
             return Ok(routing_keys);
         }
         let total: u64 = redis::cmd("HLEN").arg(&key).query_async(&mut con).await?;
-        progress.phase("unacked", Some(total));
+        ctx.progress.phase(
+            if again { "unacked (again)" } else { "unacked" },
+            Some(total),
+        );
         let mut cursor: u64 = 0;
         loop {
+            ctx.cancel.check()?;
             let (next, flat): (u64, Vec<Vec<u8>>) = redis::cmd("HSCAN")
                 .arg(&key)
                 .arg(cursor)
@@ -153,24 +244,29 @@ impl Janitor {
                 .arg(PAGE)
                 .query_async(&mut con)
                 .await?;
+            let read_at = Instant::now();
             let mut raws = Vec::with_capacity(flat.len() / 2);
             let mut it = flat.into_iter();
             while let (Some(field), Some(raw)) = (it.next(), it.next()) {
-                raws.push(RawEntry::Unacked {
-                    key: key.clone(),
-                    field,
-                    raw,
-                });
+                // HSCAN may return a field twice; a repeat is skipped in both passes.
+                let new = seen.insert(field_hash(&field));
+                if new {
+                    raws.push(RawEntry::Unacked {
+                        key: key.clone(),
+                        field,
+                        raw,
+                    });
+                }
             }
             let n = raws.len() as u64;
-            self.settle_page(raws, &mut |e: Entry| {
+            self.settle_page(raws, read_at, &mut |e: Entry| {
                 if let Some(q) = &e.queue {
                     routing_keys.insert(q.clone());
                 }
                 sink(e)
             })
             .await?;
-            progress.advance(n);
+            ctx.progress.advance(n);
             if next == 0 {
                 break;
             }
@@ -181,7 +277,11 @@ impl Janitor {
 
     /// Queue names: from config, else kombu's binding sets plus routing keys seen in `unacked`
     /// plus Celery's default `celery`.
-    async fn queue_names(&self, routing_keys: BTreeSet<String>) -> Result<BTreeSet<Vec<u8>>> {
+    async fn queue_names(
+        &self,
+        routing_keys: BTreeSet<String>,
+        ctx: &mut ScanCtx<'_>,
+    ) -> Result<BTreeSet<Vec<u8>>> {
         if let Some(queues) = &self.settings.queues {
             return Ok(queues.iter().map(|q| q.as_bytes().to_vec()).collect());
         }
@@ -194,6 +294,9 @@ impl Janitor {
         let mut con = self.broker.con.clone();
         for (table, ty) in tables.iter().zip(types) {
             if ty != "set" {
+                if ty != "none" {
+                    ctx.wrong_types.add(table, &ty, "set");
+                }
                 continue;
             }
             let Some(exchange) = layout.binding_exchange(table) else {
@@ -222,8 +325,9 @@ impl Janitor {
     async fn queue_lists(
         &self,
         routing_keys: BTreeSet<String>,
+        ctx: &mut ScanCtx<'_>,
     ) -> Result<BTreeMap<Vec<u8>, String>> {
-        let names = self.queue_names(routing_keys).await?;
+        let names = self.queue_names(routing_keys, ctx).await?;
         let layout = &self.broker_layout;
         let mut lists = BTreeMap::new();
         for q in &names {
@@ -244,7 +348,7 @@ impl Janitor {
         for (key, ty) in keys.iter().zip(self.broker.types(&keys).await?) {
             if ty != "list" {
                 if ty != "none" {
-                    tracing::warn!(key = %crate::archive::printable(key), r#type = %ty, "queue key is not a list; skipped");
+                    ctx.wrong_types.add(key, &ty, "list");
                 }
                 lists.remove(key);
             }
@@ -256,12 +360,12 @@ impl Janitor {
         &self,
         key: &[u8],
         name: &str,
-        progress: &dyn Progress,
+        ctx: &mut ScanCtx<'_>,
         sink: &mut (dyn FnMut(Entry) + Send),
     ) -> Result<()> {
         let mut con = self.broker.con.clone();
         let len: i64 = redis::cmd("LLEN").arg(key).query_async(&mut con).await?;
-        progress.phase(
+        ctx.progress.phase(
             &format!("queue {}", crate::archive::printable(key)),
             Some(len as u64),
         );
@@ -270,6 +374,7 @@ impl Janitor {
         let mut recent = RecentWindow::new(DEDUP_WINDOW);
         let mut start: i64 = 0;
         loop {
+            ctx.cancel.check()?;
             let (list_len, items): (i64, Vec<Vec<u8>>) = redis::pipe()
                 .atomic()
                 .cmd("LLEN")
@@ -280,6 +385,7 @@ impl Janitor {
                 .arg(start + PAGE as i64 - 1)
                 .query_async(&mut con)
                 .await?;
+            let read_at = Instant::now();
             let n = items.len();
             let raws = items
                 .into_iter()
@@ -293,8 +399,8 @@ impl Janitor {
                     raw,
                 })
                 .collect();
-            self.settle_page(raws, sink).await?;
-            progress.advance(n as u64);
+            self.settle_page(raws, read_at, sink).await?;
+            ctx.progress.advance(n as u64);
             if n < PAGE {
                 break;
             }
@@ -305,14 +411,15 @@ impl Janitor {
 
     async fn scan_results(
         &self,
-        progress: &dyn Progress,
+        ctx: &mut ScanCtx<'_>,
         sink: &mut (dyn FnMut(Entry) + Send),
     ) -> Result<()> {
-        progress.phase("results", None);
+        ctx.progress.phase("results", None);
         let pattern = self.backend_layout.task_meta_scan_pattern();
         let mut con = self.backend.con.clone();
         let mut cursor = 0;
         loop {
+            ctx.cancel.check()?;
             let (next, keys) = self.backend.scan_page(cursor, &pattern, 1000).await?;
             for page in keys.chunks(PAGE) {
                 let mut pipe = redis::pipe();
@@ -321,15 +428,24 @@ impl Janitor {
                     pipe.cmd("PTTL").arg(k);
                 }
                 let meta: Vec<redis::Value> = pipe.query_async(&mut con).await?;
-                let strings: Vec<(&Vec<u8>, i64)> = page
-                    .iter()
-                    .zip(meta.chunks(2))
-                    .filter_map(|(k, tp)| {
-                        let ty: String = redis::from_redis_value_ref(&tp[0]).ok()?;
-                        let pttl: i64 = redis::from_redis_value_ref(&tp[1]).ok()?;
-                        (ty == "string").then_some((k, pttl))
-                    })
-                    .collect();
+                let mut strings: Vec<(&Vec<u8>, i64)> = Vec::with_capacity(page.len());
+                for (k, tp) in page.iter().zip(meta.chunks(2)) {
+                    let ty: String = redis::from_redis_value_ref(&tp[0]).unwrap_or_default();
+                    let pttl: i64 = redis::from_redis_value_ref(&tp[1]).unwrap_or(-2);
+                    match ty.as_str() {
+                        "string" => strings.push((k, pttl)),
+                        // Expired between SCAN and TYPE.
+                        "none" | "" => {}
+                        other => {
+                            if matches!(
+                                self.backend_layout.classify(k),
+                                janitor_wire::BackendKey::TaskMeta { .. }
+                            ) {
+                                ctx.wrong_types.add(k, other, "string");
+                            }
+                        }
+                    }
+                }
                 if strings.is_empty() {
                     continue;
                 }
@@ -342,6 +458,7 @@ impl Janitor {
                     )
                     .query_async(&mut con)
                     .await?;
+                let read_at = Instant::now();
                 let mut raws = Vec::with_capacity(values.len());
                 for ((key, pttl), value) in strings.into_iter().zip(values) {
                     let Some(raw) = value else { continue };
@@ -358,8 +475,8 @@ impl Janitor {
                     });
                 }
                 let n = raws.len() as u64;
-                self.settle_page(raws, sink).await?;
-                progress.advance(n);
+                self.settle_page(raws, read_at, sink).await?;
+                ctx.progress.advance(n);
             }
             if next == 0 {
                 break;

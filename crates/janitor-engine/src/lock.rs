@@ -1,0 +1,229 @@
+//! The run lock: one cleanup at a time, on the broker (and on the backend when it is another
+//! Redis).
+//!
+//! The lock's value says who holds it (host, pid, run id, since), so a second run can tell the
+//! user who is busy and whether the holder is still alive. A heartbeat refreshes it every few
+//! seconds for the whole run — scan, grace wait, lost-row query, removals — with a short TTL, so
+//! a crashed holder's lock clears within [`LOCK_TTL_MS`]. Every removal script also checks the
+//! lock, so a run that lost it changes nothing more.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::Script;
+use serde::{Deserialize, Serialize};
+
+use crate::archive::printable;
+use crate::error::{EngineError, Result};
+use crate::host;
+use crate::redis_io::RedisHandle;
+
+/// The lock expires this long after its last refresh.
+pub(crate) const LOCK_TTL_MS: u64 = 30_000;
+/// The heartbeat refreshes it this often.
+const HEARTBEAT: Duration = Duration::from_secs(5);
+
+/// Who holds the run lock: the lock key's value, as JSON.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Holder {
+    pub host: String,
+    pub pid: u32,
+    pub run_id: String,
+    /// RFC 3339 time the lock was taken.
+    pub since: String,
+    /// Makes each holder's value unique, so compare-and-set can't confuse two holders.
+    pub token: String,
+}
+
+struct Held {
+    handle: RedisHandle,
+    key: Vec<u8>,
+    /// The exact value written: compare-and-set compares against it.
+    value: String,
+}
+
+/// A held run lock; release it with [`RunLock::release`] (it expires by itself otherwise).
+pub(crate) struct RunLock {
+    held: Arc<Vec<Held>>,
+    lost: Arc<AtomicBool>,
+    heartbeat: tokio::task::JoinHandle<()>,
+}
+
+fn lock_script() -> Script {
+    Script::new(include_str!("../lua/lock.lua"))
+}
+
+impl RunLock {
+    /// Takes the lock on every handle, or none. `take_over` replaces a lock whose holder ran on
+    /// this host and is no longer running.
+    pub async fn take(
+        handles: Vec<RedisHandle>,
+        key: &[u8],
+        run_id: &str,
+        take_over: bool,
+    ) -> Result<RunLock> {
+        let holder = Holder {
+            host: host::hostname(),
+            pid: host::pid(),
+            run_id: run_id.to_owned(),
+            since: chrono::Utc::now().to_rfc3339(),
+            token: uuid::Uuid::new_v4().simple().to_string(),
+        };
+        let value = serde_json::to_string(&holder).expect("serializable");
+        let mut held = Vec::new();
+        for handle in handles {
+            let mut outcome = set_nx(&handle, key, &value).await;
+            if let Ok(false) = outcome {
+                let busy = busy_error(&handle, key).await;
+                match (&busy, take_over) {
+                    (Ok((EngineError::Busy { stale: true, .. }, current)), true) => {
+                        tracing::warn!(lock = %printable(key), holder = %current, "taking over a lock left by a process that is gone");
+                        release(&handle, key, current).await.ok();
+                        outcome = set_nx(&handle, key, &value).await;
+                    }
+                    _ => outcome = Err(busy.map(|(e, _)| e).unwrap_or_else(|e| e)),
+                }
+            }
+            match outcome {
+                Ok(true) => held.push(Held {
+                    handle,
+                    key: key.to_vec(),
+                    value: value.clone(),
+                }),
+                Ok(false) => {
+                    release_all(&held).await;
+                    let err = busy_error(&handle, key).await.map(|(e, _)| e);
+                    return Err(err.unwrap_or_else(|e| e));
+                }
+                Err(e) => {
+                    release_all(&held).await;
+                    return Err(e);
+                }
+            }
+        }
+        let held = Arc::new(held);
+        let lost = Arc::new(AtomicBool::new(false));
+        let heartbeat = tokio::spawn(heartbeat(held.clone(), lost.clone()));
+        Ok(RunLock {
+            held,
+            lost,
+            heartbeat,
+        })
+    }
+
+    /// The value the removal scripts compare with the lock key of the broker (or backend).
+    pub fn token(&self, backend: bool) -> &str {
+        let i = if backend && self.held.len() > 1 { 1 } else { 0 };
+        &self.held[i].value
+    }
+
+    /// Fails once the heartbeat found the lock taken or deleted by someone else.
+    pub fn ensure_held(&self) -> Result<()> {
+        if self.lost.load(Ordering::SeqCst) {
+            Err(EngineError::LockLost)
+        } else {
+            Ok(())
+        }
+    }
+
+    pub async fn release(self) {
+        self.heartbeat.abort();
+        release_all(&self.held).await;
+    }
+}
+
+async fn set_nx(handle: &RedisHandle, key: &[u8], value: &str) -> Result<bool> {
+    let mut con = handle.con.clone();
+    let ok: Option<String> = redis::cmd("SET")
+        .arg(key)
+        .arg(value)
+        .arg("NX")
+        .arg("PX")
+        .arg(LOCK_TTL_MS)
+        .query_async(&mut con)
+        .await?;
+    Ok(ok.is_some())
+}
+
+/// Describes the current holder; also returns its exact value (for a take-over).
+async fn busy_error(handle: &RedisHandle, key: &[u8]) -> Result<(EngineError, String)> {
+    let mut con = handle.con.clone();
+    let (ty, pttl): (String, i64) = redis::pipe()
+        .cmd("TYPE")
+        .arg(key)
+        .cmd("PTTL")
+        .arg(key)
+        .query_async(&mut con)
+        .await?;
+    let value: Option<Vec<u8>> = if ty == "string" {
+        redis::cmd("GET").arg(key).query_async(&mut con).await?
+    } else {
+        None
+    };
+    let text = value
+        .as_deref()
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .unwrap_or_default();
+    let holder: Option<Box<Holder>> = serde_json::from_str(&text).ok();
+    let stale = holder
+        .as_ref()
+        .is_some_and(|h| h.host == host::hostname() && !host::pid_alive(h.pid));
+    Ok((
+        EngineError::Busy {
+            key: printable(key),
+            holder,
+            expires_in_ms: Some(pttl),
+            stale,
+        },
+        text,
+    ))
+}
+
+async fn release(handle: &RedisHandle, key: &[u8], value: &str) -> Result<bool> {
+    let mut con = handle.con.clone();
+    let done: i64 = lock_script()
+        .key(key)
+        .arg(value)
+        .arg("release")
+        .invoke_async(&mut con)
+        .await?;
+    Ok(done == 1)
+}
+
+async fn release_all(held: &[Held]) {
+    for h in held {
+        if let Err(e) = release(&h.handle, &h.key, &h.value).await {
+            tracing::warn!(error = %e, "could not release the janitor lock; it expires by itself");
+        }
+    }
+}
+
+/// Refreshes every held lock until aborted. A refresh that finds the lock gone or someone
+/// else's marks it lost; a Redis error is retried at the next beat (the TTL leaves room for
+/// several).
+async fn heartbeat(held: Arc<Vec<Held>>, lost: Arc<AtomicBool>) {
+    let script = lock_script();
+    loop {
+        tokio::time::sleep(HEARTBEAT).await;
+        for h in held.iter() {
+            let mut con = h.handle.con.clone();
+            let refreshed: redis::RedisResult<i64> = script
+                .key(&h.key)
+                .arg(&h.value)
+                .arg(LOCK_TTL_MS)
+                .invoke_async(&mut con)
+                .await;
+            match refreshed {
+                Ok(1) => {}
+                Ok(_) => {
+                    tracing::error!(lock = %printable(&h.key), "the janitor lock was taken or deleted by someone else");
+                    lost.store(true, Ordering::SeqCst);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not refresh the janitor lock; retrying")
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,401 @@
+"""Reliability defects found by trying to break the janitor, each reproduced first (issue 5).
+
+- A live task enqueued while the scan ran, whose row commits within the grace period, must
+  survive: the grace counts from when the janitor read *that entry*, not from the scan's start.
+  The test makes the timing deterministic: when MONITOR shows the janitor starting its scan, a
+  `CLIENT PAUSE` holds it for longer than the grace period, so it reads the task's queue well
+  after the scan started; the row commits half a grace period after that read.
+- A removal script that fails must write nothing: with the archive stream replaced by a string,
+  no tombstone is left in a queue (a real Celery worker would die on it), no result is deleted
+  without its archive copy, and the error names the key.
+- `status` shows keys of the wrong type where Celery keeps its data.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from support import snapshot
+from support.janitor import Janitor, JanitorRun
+from support.redis_monitor import RedisMonitor
+from support.waiting import wait_until
+from support.world import ScannerWorld, fk_violations
+
+pytestmark = pytest.mark.janitor
+
+GRACE = 1.0
+PAUSE_MS = 1800
+TOMBSTONE = b"celery-janitor:tombstone:"
+ARCHIVE = b"celery-janitor:archive"
+
+
+def _run_with_a_late_commit(
+    world: ScannerWorld, janitor: Janitor, *args: str
+) -> tuple[str, str, JanitorRun]:
+    """A real orphan and a task whose row is inserted in an open transaction, both queued on
+    `scans`. The janitor is paused for `PAUSE_MS` as its scan starts; the row commits
+    `GRACE / 2` after the janitor read the `scans` list. Returns (late id, orphan id, run)."""
+    (gone,) = world.add_rows(1)
+    gone_id = world.scan(gone, queue="scans")
+    world.delete_rows([gone])
+    monitor = RedisMonitor(world.redis_server.port).start()
+    try:
+        with world.database.connect(autocommit=False) as writer:
+            late_id = world.scan(world.add_row_uncommitted(writer), queue="scans")
+            scan_starts = monitor.when(lambda c: c.name == "type" and c.args[1:2] == [b"unacked"])
+            scans_read = monitor.when(lambda c: c.name == "lrange" and c.args[1:2] == [b"scans"])
+            proc = janitor.start(*args)
+            assert scan_starts.wait(timeout=30), "the janitor never started its scan"
+            world.redis.execute_command("CLIENT", "PAUSE", PAUSE_MS, "ALL")
+            assert scans_read.wait(timeout=30), "the janitor never read the scans list"
+            time.sleep(GRACE / 2)
+            writer.commit()
+        return late_id, gone_id, janitor.finish(proc)
+    finally:
+        monitor.stop()
+
+
+def test_cleanup_keeps_a_task_read_late_in_the_scan_whose_row_commits_within_the_grace(
+    world: ScannerWorld, janitor: Janitor
+) -> None:
+    late_id, gone_id, run = _run_with_a_late_commit(
+        world, janitor, "cleanup-orphaned", "--grace", str(GRACE), "--json"
+    )
+
+    report = run.expect_json()
+    remaining = {e.task_id for e in world.entries()}
+    assert late_id in remaining, "a live task was removed: its row committed within the grace"
+    assert gone_id not in remaining
+    assert report["removed"] == {"queue": 1, "unacked": 0, "result": 0}
+    assert report["skipped"]["revived"] == 1
+
+
+def test_status_does_not_count_a_task_read_late_whose_row_commits_within_the_grace(
+    world: ScannerWorld, janitor: Janitor
+) -> None:
+    late_id, _gone_id, run = _run_with_a_late_commit(
+        world, janitor, "status", "--json", "--grace", str(GRACE)
+    )
+    data = run.expect_json()
+    assert data["tasks"]["orphaned"] == 1
+    assert data["tasks"]["live"] == 1
+    assert late_id in {e.task_id for e in world.entries()}
+
+
+def test_tasks_orphaned_does_not_list_a_task_read_late_whose_row_commits_within_the_grace(
+    world: ScannerWorld, janitor: Janitor
+) -> None:
+    late_id, gone_id, run = _run_with_a_late_commit(
+        world, janitor, "tasks", "--orphaned", "--json", "--grace", str(GRACE)
+    )
+    assert [r["task_id"] for r in run.expect_json()] == [gone_id]
+    assert late_id in {e.task_id for e in world.entries()}
+
+
+def _no_tombstone_anywhere(world: ScannerWorld) -> None:
+    for key in world.redis.scan_iter(count=1000):
+        if world.redis.type(key) == b"list":
+            assert not [v for v in world.redis.lrange(key, 0, -1) if TOMBSTONE in v], key
+
+
+@pytest.mark.worker
+def test_a_broken_archive_stream_leaves_no_tombstone_and_the_worker_survives(
+    world: ScannerWorld, janitor: Janitor
+) -> None:
+    rows = world.add_rows(4)
+    live_ids = [world.scan(r) for r in rows[:2]]
+    orphan_ids = [world.scan(r) for r in rows[2:]]
+    world.delete_rows(rows[2:])
+    world.redis.set(ARCHIVE, b"x")
+    before = world.snapshot()
+
+    run = janitor.run("cleanup-orphaned", "--grace", "0", "--json")
+
+    assert run.returncode == 1, run.describe()
+    assert "celery-janitor:archive is a Redis string, expected stream" in run.stderr, run.stderr
+    assert "stopped before changing anything" in run.stderr, run.stderr
+    _no_tombstone_anywhere(world)
+    assert snapshot.differences(before.without_prefix(), world.snapshot().without_prefix()) == []
+    assert world.redis.get(ARCHIVE) == b"x"
+    assert not list((janitor.workdir / "archive").glob("*.jsonl")) or all(
+        p.stat().st_size == 0 for p in (janitor.workdir / "archive").glob("*.jsonl")
+    )
+
+    # A real Celery 5.7 worker drains the queue: it runs the live tasks and fails the orphans
+    # on their foreign key (that is what the janitor would have removed), but it does not die.
+    w = world.run_until_done("after", live_ids + orphan_ids)
+    assert "Unrecoverable error" not in w.log()
+    assert sorted(set(fk_violations(w.log()))) == sorted(orphan_ids)
+
+
+def test_a_broken_archive_stream_deletes_no_result(world: ScannerWorld, janitor: Janitor) -> None:
+    rows = world.add_rows(2)
+    ids = [world.scan(r) for r in rows]
+    world.run_until_done("results", ids)
+    world.delete_rows(rows)
+    world.redis.set(ARCHIVE, b"x")
+    before = world.snapshot()
+
+    run = janitor.run("cleanup-orphaned", "--grace", "0", "--json")
+
+    assert run.returncode == 1, run.describe()
+    assert "celery-janitor:archive" in run.stderr
+    assert snapshot.differences(before.without_prefix(), world.snapshot().without_prefix()) == []
+    for task_id in ids:
+        assert world.result_meta(task_id) is not None
+
+
+@pytest.mark.worker
+@pytest.mark.parametrize(
+    "bookkeeping", [b"celery-janitor:lock", b"unacked_index", b"unacked_mutex"]
+)
+def test_wrong_typed_bookkeeping_keys_lose_nothing(
+    world: ScannerWorld, janitor: Janitor, bookkeeping: bytes
+) -> None:
+    rows = world.add_rows(3)
+    for r in rows:
+        world.scan(r, countdown=600)
+    world.park_in_unacked(3)
+    world.delete_rows(rows)
+    if bookkeeping == b"celery-janitor:lock":
+        # The janitor takes its lock with SET NX: a hash there reads as "held by someone".
+        world.redis.hset(bookkeeping, b"x", b"y")
+    else:
+        world.redis.delete(bookkeeping)
+        world.redis.rpush(bookkeeping, b"not-what-kombu-keeps")
+    before = world.snapshot()
+
+    run = janitor.run("cleanup-orphaned", "--grace", "0", "--json")
+
+    assert "panicked" not in run.stderr
+    if bookkeeping == b"unacked_mutex":
+        # kombu's mutex can't be taken: the unacked entries are skipped as busy, not removed.
+        assert run.expect_json()["skipped"]["busy"] == 3
+    else:
+        assert run.returncode == (5 if bookkeeping == b"celery-janitor:lock" else 1), run.describe()
+    if bookkeeping == b"unacked_index":
+        assert "unacked_index is a Redis list, expected zset" in run.stderr, run.stderr
+    assert snapshot.differences(before.without_prefix(), world.snapshot().without_prefix()) == []
+    _no_tombstone_anywhere(world)
+
+
+def test_status_shows_keys_of_the_wrong_type(world: ScannerWorld, janitor: Janitor) -> None:
+    (row,) = world.add_rows(1)
+    world.scan(row, queue="scans")
+    world.redis.set(b"celery", b"not a list")
+    world.redis.lpush(b"celery-task-meta-not-a-string", b"x")
+
+    data = janitor.run("status", "--json", "--grace", "0").expect_json()
+
+    wrong = data["wrong_type_keys"]
+    assert wrong["count"] == 2
+    assert {(e["key"], e["type"], e["expected"]) for e in wrong["examples"]} == {
+        ("celery", "string", "list"),
+        ("celery-task-meta-not-a-string", "list", "string"),
+    }
+    text = janitor.run("status", "--grace", "0")
+    assert text.returncode == 0, text.describe()
+    assert "2 keys where Celery keeps its data hold another type" in text.stdout
+
+
+def test_a_second_run_names_the_lock_holder(world: ScannerWorld, janitor: Janitor) -> None:
+    rows = world.add_rows(1)
+    world.scan(rows[0])
+    world.delete_rows(rows)
+    first = janitor.start("cleanup-orphaned", "--grace", "5", "--json")
+    wait_until(
+        lambda: world.redis.exists(b"celery-janitor:lock") == 1,
+        timeout=30,
+        what="the first run to take the lock",
+    )
+    ttl = world.redis.pttl(b"celery-janitor:lock")
+    assert 0 < ttl <= 30_000
+
+    second = janitor.run("cleanup-orphaned", "--grace", "0")
+
+    assert second.returncode == 5, second.describe()
+    assert f"(pid {first.pid} on " in second.stderr, second.stderr
+    assert "expires in" in second.stderr
+    assert janitor.finish(first).returncode == 0
+
+
+def test_a_lock_left_by_a_dead_process_can_be_taken_over(
+    world: ScannerWorld, janitor: Janitor
+) -> None:
+    rows = world.add_rows(1)
+    world.scan(rows[0])
+    world.delete_rows(rows)
+    victim = janitor.start("cleanup-orphaned", "--grace", "30")
+    wait_until(
+        lambda: world.redis.exists(b"celery-janitor:lock") == 1,
+        timeout=30,
+        what="the first run to take the lock",
+    )
+    victim.kill()
+    victim.wait()
+
+    refused = janitor.run("cleanup-orphaned", "--grace", "0")
+    assert refused.returncode == 5, refused.describe()
+    assert "--take-over-lock" in refused.stderr
+
+    taken = janitor.run("cleanup-orphaned", "--grace", "0", "--take-over-lock", "--json")
+    assert taken.expect_json()["removed"]["queue"] == 1
+
+
+def test_the_lock_is_kept_alive_during_a_long_grace_wait(
+    world: ScannerWorld, janitor: Janitor
+) -> None:
+    """The heartbeat refreshes the lock all run long (here: a grace wait longer than its TTL
+    would be without refreshes, simulated by shortening the TTL from outside)."""
+    rows = world.add_rows(1)
+    world.scan(rows[0])
+    world.delete_rows(rows)
+    proc = janitor.start("cleanup-orphaned", "--grace", "8", "--json")
+    wait_until(
+        lambda: world.redis.exists(b"celery-janitor:lock") == 1,
+        timeout=30,
+        what="the run to take the lock",
+    )
+    # Left alone it would now expire in 7 s; the heartbeat (every 5 s) sets it back to 30 s.
+    world.redis.pexpire(b"celery-janitor:lock", 7000)
+    time.sleep(6)
+    assert world.redis.pttl(b"celery-janitor:lock") > 20_000, "the heartbeat did not refresh it"
+    assert janitor.finish(proc).expect_json()["removed"]["queue"] == 1
+
+
+def _interrupt_during(world: ScannerWorld, janitor: Janitor, sig: int) -> JanitorRun:
+    rows = world.add_rows(2)
+    for r in rows:
+        world.scan(r)
+    world.delete_rows(rows)
+    proc = janitor.start("cleanup-orphaned", "--grace", "30")
+    wait_until(
+        lambda: world.redis.exists(b"celery-janitor:lock") == 1,
+        timeout=30,
+        what="the run to take the lock",
+    )
+    time.sleep(0.5)
+    proc.send_signal(sig)
+    return janitor.finish(proc, timeout=30)
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_an_interrupted_run_releases_the_lock_and_records_itself(
+    world: ScannerWorld, janitor: Janitor, signame: str
+) -> None:
+    run = _interrupt_during(world, janitor, getattr(signal, signame))
+
+    assert run.returncode == 130, run.describe()
+    assert "stopped before changing anything" in run.stderr, run.stderr
+    assert world.redis.exists(b"celery-janitor:lock") == 0
+    assert len(world.entries()) == 2
+    audit = (janitor.workdir / "logs" / "audit.jsonl").read_text()
+    assert '"outcome":"interrupted"' in audit.replace(" ", "")
+
+
+def test_losing_redis_mid_run_exits_3_and_says_the_run_was_partial(
+    world: ScannerWorld, janitor: Janitor
+) -> None:
+    rows = world.add_rows(1)
+    world.scan(rows[0])
+    world.delete_rows(rows)
+    proc = janitor.start("cleanup-orphaned", "--grace", "3")
+    wait_until(
+        lambda: world.redis.exists(b"celery-janitor:lock") == 1,
+        timeout=30,
+        what="the run to take the lock",
+    )
+    world.redis_server.stop()
+
+    run = janitor.finish(proc, timeout=60)
+
+    assert run.returncode == 3, run.describe()
+    assert "stopped before changing anything" in run.stderr or "restore --run" in run.stderr
+
+
+def test_losing_the_database_mid_run_exits_4_and_changes_nothing(
+    world: ScannerWorld, janitor: Janitor
+) -> None:
+    rows = world.add_rows(1)
+    world.scan(rows[0])
+    world.delete_rows(rows)
+    before = world.snapshot()
+    proc = janitor.start("cleanup-orphaned", "--grace", "3")
+    wait_until(
+        lambda: world.redis.exists(b"celery-janitor:lock") == 1,
+        timeout=30,
+        what="the run to take the lock",
+    )
+    time.sleep(0.5)  # into the grace wait: the re-check after it needs the database
+    world.database.drop()
+
+    run = janitor.finish(proc, timeout=60)
+
+    assert run.returncode == 4, run.describe()
+    assert "stopped before changing anything" in run.stderr, run.stderr
+    assert snapshot.differences(before.without_prefix(), world.snapshot().without_prefix()) == []
+    assert world.redis.exists(b"celery-janitor:lock") == 0
+
+
+@pytest.mark.worker
+def test_an_orphan_a_worker_prefetches_during_the_scan_is_removed_and_revoked(
+    world: ScannerWorld, janitor: Janitor
+) -> None:
+    """The orphan is in the `scans` list when the janitor reads `unacked`, and in `unacked` (a
+    live worker prefetched it, waiting for its countdown) when the janitor reads `scans`. The
+    janitor is stopped (SIGSTOP) between the two reads while the worker takes it, so the timing
+    is exact. It must be found on the second read of `unacked`, removed there, and revoked, so
+    the worker discards it instead of running it into a foreign-key violation."""
+    (row,) = world.add_rows(1)
+    # `celery` is read before `scans` and is long, so the janitor is still reading it when the
+    # SIGSTOP lands: 20k byte-for-byte copies of one real message.
+    world.email()
+    message = world.redis.lindex(b"celery", 0)
+    assert isinstance(message, bytes)
+    pipe = world.redis.pipeline(transaction=False)
+    for _ in range(20):
+        pipe.lpush(b"celery", *([message] * 1000))
+    pipe.execute()
+    orphan_id = world.scan(row, queue="scans", countdown=4)
+    world.delete_rows([row])
+    worker = world.worker("prefetch", queues=("idle",))
+    wait_until(lambda: "ready." in worker.log(), timeout=60, what="the worker to start")
+    monitor = RedisMonitor(world.redis_server.port).start()
+    try:
+        lists_start = monitor.when(
+            lambda c: c.name == "scan" and any(b"_kombu.binding" in a for a in c.args)
+        )
+        proc = janitor.start("cleanup-orphaned", "--grace", "0", "--json")
+        assert lists_start.wait(timeout=30), "the janitor never read the lists"
+        os.kill(proc.pid, signal.SIGSTOP)
+        try:
+            world.app.control.add_consumer(
+                "scans", exchange="scans", routing_key="scans", destination=[worker.name]
+            )
+            world.email(queue="idle")  # wakes the worker's pending BRPOP
+            wait_until(
+                lambda: world.unacked_count() == 1,
+                timeout=30,
+                what="the worker to prefetch the orphan",
+                describe=lambda: world.describe_redis() + worker.log()[-2000:],
+            )
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
+        report = janitor.finish(proc).expect_json()
+    finally:
+        monitor.stop()
+
+    assert report["removed"]["unacked"] == 1, report
+    assert report["revoke"]["task_ids"] == 1 and report["revoke"]["heard_by"] >= 1, report
+    wait_until(
+        lambda: f"Discarding revoked task: scanner.scan_domain_task[{orphan_id}]" in worker.log(),
+        timeout=30,
+        what="the worker to discard the revoked orphan",
+        describe=lambda: worker.log()[-3000:],
+    )
+    time.sleep(5)  # past its countdown: it must not run
+    assert fk_violations(worker.log()) == []
