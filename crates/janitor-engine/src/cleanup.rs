@@ -522,25 +522,17 @@ impl Janitor {
                 Location::Result => results.push(e),
             }
         }
-        let mut revoke = Vec::new();
-        let removed = self
-            .remove_broker_entries(batch, reason, unacked, lists, report, &mut revoke, progress)
-            .await;
-        // Removing a copy does not stop a worker that already holds the message (prefetched,
-        // waiting for its ETA, or just popped from a list): tell live workers to discard them,
-        // also when the run stopped partway.
-        revoke.sort();
-        revoke.dedup();
-        if !revoke.is_empty() {
-            match self.broadcast_revoke(&revoke).await {
-                Ok(r) => report.revoke = Some(r),
-                Err(e) if removed.is_err() => {
-                    tracing::error!(error = %e, "could not broadcast the revoke of removed tasks")
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        removed?;
+        let mut revoked = HashSet::new();
+        self.remove_broker_entries(
+            batch,
+            reason,
+            unacked,
+            lists,
+            report,
+            &mut revoked,
+            progress,
+        )
+        .await?;
         for chunk in results.chunks(BATCH) {
             batch.ready()?;
             self.remove_results(batch, reason, chunk, report).await?;
@@ -551,7 +543,7 @@ impl Janitor {
     }
 
     /// `unacked` first: once its orphans are gone, no worker's restore sweep can push them back
-    /// into the lists cleaned next. Task ids to revoke are collected in `revoke`.
+    /// into the lists cleaned next. `revoked` holds the task ids revoked so far.
     #[allow(clippy::too_many_arguments)]
     async fn remove_broker_entries(
         &self,
@@ -560,22 +552,49 @@ impl Janitor {
         unacked: Vec<Entry>,
         lists: BTreeMap<Vec<u8>, Vec<Entry>>,
         report: &mut CleanupReport,
-        revoke: &mut Vec<String>,
+        revoked: &mut HashSet<String>,
         progress: &dyn Progress,
     ) -> Result<()> {
         if !unacked.is_empty() {
-            self.remove_unacked(batch, reason, unacked, report, revoke, progress)
+            self.remove_unacked(batch, reason, unacked, report, revoked, progress)
                 .await?;
         }
         for (key, list) in lists {
-            self.remove_from_list(batch, reason, &key, list, report, revoke, progress)
+            self.remove_from_list(batch, reason, &key, list, report, revoked, progress)
                 .await?;
         }
         Ok(())
     }
 
+    /// Removing a copy does not stop a worker that already holds the message (prefetched,
+    /// waiting for its ETA, or just popped from a list): tell live workers to discard these
+    /// tasks, right after the batch that removed them (or found them taken), so a worker has
+    /// the least time to start one.
+    async fn revoke_now(
+        &self,
+        task_ids: Vec<String>,
+        revoked: &mut HashSet<String>,
+        report: &mut CleanupReport,
+    ) -> Result<()> {
+        let mut fresh: Vec<String> = task_ids
+            .into_iter()
+            .filter(|t| !revoked.contains(t))
+            .collect();
+        fresh.sort();
+        fresh.dedup();
+        if fresh.is_empty() {
+            return Ok(());
+        }
+        let heard = self.broadcast_revoke(&fresh).await?;
+        revoked.extend(fresh);
+        let total = report.revoke.get_or_insert_with(RevokeReport::default);
+        total.task_ids += heard.task_ids;
+        total.heard_by = total.heard_by.max(heard.heard_by);
+        Ok(())
+    }
+
     /// Removes one list's confirmed orphans, tail first (see `remove_list_entries.lua`).
-    /// Orphans that were no longer there (most likely a worker took them) go to `taken`.
+    /// Orphans that were no longer there (most likely a worker took them) are revoked.
     #[allow(clippy::too_many_arguments)]
     async fn remove_from_list(
         &self,
@@ -584,7 +603,7 @@ impl Janitor {
         key: &[u8],
         mut entries: Vec<Entry>,
         report: &mut CleanupReport,
-        taken: &mut Vec<String>,
+        revoked: &mut HashSet<String>,
         progress: &dyn Progress,
     ) -> Result<()> {
         let archive = self.own_key("archive");
@@ -619,6 +638,7 @@ impl Janitor {
                 .map_err(|e| script_error(e, &[key, &archive, &lock_key], &archive))?;
             let mut records = Vec::new();
             let mut resume = Vec::new();
+            let mut taken = Vec::new();
             for ((e, _), pair) in chunk.into_iter().zip(reply.chunks(2)) {
                 let p = redis::from_redis_value_ref::<i64>(&pair[1]).unwrap_or(0);
                 match redis::from_redis_value_ref::<Option<String>>(&pair[0])
@@ -649,6 +669,7 @@ impl Janitor {
                 }
             }
             self.write_records(batch.run_id, &records)?;
+            self.revoke_now(taken, revoked, report).await?;
             // Targets the budget did not reach go first in the next call, from where it stopped.
             for item in resume.into_iter().rev() {
                 pending.push_front(item);
@@ -663,7 +684,7 @@ impl Janitor {
         reason: &str,
         entries: Vec<Entry>,
         report: &mut CleanupReport,
-        revoked: &mut Vec<String>,
+        revoked: &mut HashSet<String>,
         progress: &dyn Progress,
     ) -> Result<()> {
         let layout = &self.broker_layout;
@@ -703,6 +724,7 @@ impl Janitor {
                 .await?;
             let reply = reply?;
             let mut records = Vec::new();
+            let mut removed_ids = Vec::new();
             for (e, pair) in chunk.iter().zip(reply.chunks(2)) {
                 let id = redis::from_redis_value_ref::<Option<String>>(&pair[0])
                     .ok()
@@ -714,9 +736,7 @@ impl Janitor {
                     Some(archive_id) => {
                         report.removed.add(Location::Unacked, 1);
                         report.archived += 1;
-                        if let Some(t) = &e.task_id {
-                            revoked.push(t.clone());
-                        }
+                        removed_ids.extend(e.task_id.clone());
                         records.push(self.record(
                             batch.run_id,
                             "broker",
@@ -731,6 +751,7 @@ impl Janitor {
                 }
             }
             self.write_records(batch.run_id, &records)?;
+            self.revoke_now(removed_ids, revoked, report).await?;
             progress.advance(chunk.len() as u64);
         }
         Ok(())

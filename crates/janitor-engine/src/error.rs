@@ -27,7 +27,7 @@ pub enum EngineError {
     },
     #[error("the janitor lock was lost during the run (another process took or deleted it); stopped before changing anything else")]
     LockLost,
-    #[error("interrupted")]
+    #[error("interrupted (Ctrl-C or SIGTERM)")]
     Interrupted,
     #[error("{key} is a Redis {found}, expected {expected} (or missing); that removal step changed nothing")]
     WrongType {
@@ -39,7 +39,7 @@ pub enum EngineError {
         "could not write the archive stream {key} ({message}); that removal step changed nothing"
     )]
     ArchiveWrite { key: String, message: String },
-    #[error("{source}\n{}", describe_partial(.run_id, *.changed))]
+    #[error("{source}; {}", describe_partial(.run_id, *.changed))]
     PartialRun {
         run_id: String,
         /// Entries removed (and archived) or rows marked before the run stopped.

@@ -63,12 +63,15 @@ fn sql_error(rule: &OwnerRule, e: sqlx::Error) -> EngineError {
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed => true,
-        // admin_shutdown, crash_shutdown, cannot_connect_now (class 57P: operator intervention),
-        // class 08 (connection exceptions), and a database that no longer exists (3D000, seen
-        // when the pool reconnects).
-        sqlx::Error::Database(db) => db
-            .code()
-            .is_some_and(|c| c.starts_with("57P") || c.starts_with("08") || c == "3D000"),
+        // Operator intervention (57P: admin_shutdown, crash_shutdown, cannot_connect_now),
+        // connection exceptions (08), and what a reconnect of the pool meets when the database
+        // went away: it no longer exists (3D000), refuses connections (55000, "not currently
+        // accepting connections"), is full (53300) or refuses the credentials (28000, 28P01).
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+            c.starts_with("57P")
+                || c.starts_with("08")
+                || matches!(&*c, "3D000" | "55000" | "53300" | "28000" | "28P01")
+        }),
         _ => false,
     };
     if lost {
