@@ -37,10 +37,14 @@ pub fn run(cli: Cli) -> Result<Code> {
         }
         _ => {}
     }
-    let settings = janitor_config::resolve(&flags, &|k| std::env::var(k).ok())?;
+    let get_env = |k: &str| std::env::var(k).ok();
+    let discovery = janitor_config::Discovery::standard(&get_env);
+    let settings = janitor_config::resolve_with(&flags, &get_env, &discovery)?;
     crate::logging::init(&settings.app_log, global.verbose);
     tracing::info!(
         command = ?command_name(&command),
+        config = ?settings.config_path.as_ref().map(|p| p.display().to_string()),
+        config_origin = ?settings.config_origin.map(|o| o.describe()),
         broker = %settings.broker_url,
         database = ?settings.database_url.as_ref().map(|u| u.to_string()),
         "starting"
@@ -209,10 +213,15 @@ fn init(path: &std::path::Path, force: bool) -> Result<Code> {
     janitor_engine::write_private_file(path, janitor_config::STARTER_CONFIG.as_bytes(), force)
         .with_context(|| format!("cannot write {}", path.display()))?;
     println!("Wrote {}.", path.display());
-    println!("Edit its [[owners]] rules, then run:");
-    println!(
-        "  CELERY_JANITOR_CONFIG={} celery-janitor status",
-        path.display()
-    );
+    println!("Edit its [redis], [database] and [[owners]] sections, then run:");
+    if path == std::path::Path::new(janitor_config::DEFAULT_CONFIG_FILE) {
+        // Found from this directory without being named (see `Discovery`).
+        println!("  celery-janitor status");
+    } else {
+        println!(
+            "  CELERY_JANITOR_CONFIG={} celery-janitor status",
+            path.display()
+        );
+    }
     Ok(Code::Success)
 }

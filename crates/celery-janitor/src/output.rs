@@ -95,6 +95,12 @@ pub fn status(r: &StatusReport, settings: &Settings, json: bool) -> Result<()> {
         "Cache status report ({})",
         chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC")
     );
+    match (&settings.config_path, settings.config_origin) {
+        (Some(path), Some(origin)) => {
+            println!("Config file: {} ({})", path.display(), origin.describe())
+        }
+        _ => println!("Config file: none (settings from flags and the environment)"),
+    }
     println!();
     println!("Redis");
     println!(

@@ -154,10 +154,88 @@ pub struct Flags {
     pub max_age_hours: Option<f64>,
 }
 
+/// Where the config file was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigOrigin {
+    /// `--config PATH`.
+    Flag,
+    /// `CELERY_JANITOR_CONFIG`.
+    Env,
+    /// `./celery-janitor.toml`, found in the working directory.
+    WorkingDir,
+    /// `$XDG_CONFIG_HOME/celery-janitor/config.toml` (or `~/.config/…`).
+    UserConfigDir,
+    /// Text given in memory (the Python package, the server's tests).
+    Text,
+}
+
+impl ConfigOrigin {
+    /// How the file was found, for people.
+    pub fn describe(self) -> &'static str {
+        match self {
+            ConfigOrigin::Flag => "from --config",
+            ConfigOrigin::Env => "from CELERY_JANITOR_CONFIG",
+            ConfigOrigin::WorkingDir => "found in the working directory",
+            ConfigOrigin::UserConfigDir => "found in the user config directory",
+            ConfigOrigin::Text => "given as text",
+        }
+    }
+}
+
+/// Where to look for a config file when neither `--config` nor `CELERY_JANITOR_CONFIG` names
+/// one: `./celery-janitor.toml`, then `<user config dir>/celery-janitor/config.toml`. Injected,
+/// so tests never depend on the developer's working or home directory.
+#[derive(Debug, Clone, Default)]
+pub struct Discovery {
+    pub working_dir: Option<PathBuf>,
+    /// `$XDG_CONFIG_HOME`, else `$HOME/.config`.
+    pub user_config_dir: Option<PathBuf>,
+}
+
+/// The file `init` writes by default, and the first one discovery looks for.
+pub const DEFAULT_CONFIG_FILE: &str = "celery-janitor.toml";
+
+impl Discovery {
+    /// Looks nowhere.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// The process's working directory and the user's config directory (from `get_env`).
+    pub fn standard(get_env: &dyn Fn(&str) -> Option<String>) -> Self {
+        let get = |k: &str| get_env(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+        Discovery {
+            working_dir: std::env::current_dir().ok(),
+            user_config_dir: get("XDG_CONFIG_HOME")
+                .filter(|p| p.is_absolute())
+                .or_else(|| get("HOME").map(|h| h.join(".config"))),
+        }
+    }
+
+    fn find(&self) -> Option<(PathBuf, ConfigOrigin)> {
+        let here = self
+            .working_dir
+            .as_ref()
+            .map(|d| (d.join(DEFAULT_CONFIG_FILE), ConfigOrigin::WorkingDir));
+        let user = self.user_config_dir.as_ref().map(|d| {
+            (
+                d.join("celery-janitor").join("config.toml"),
+                ConfigOrigin::UserConfigDir,
+            )
+        });
+        [here, user]
+            .into_iter()
+            .flatten()
+            .find(|(p, _)| p.is_file())
+    }
+}
+
 /// Resolved, validated settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub config_path: Option<PathBuf>,
+    /// How the config file was found (`None`: no file).
+    pub config_origin: Option<ConfigOrigin>,
     pub broker_url: SecretUrl,
     pub backend_url: SecretUrl,
     pub broker_prefix: Vec<u8>,
@@ -285,18 +363,74 @@ fn pick_number(
 }
 
 /// Resolves settings from flags, the environment (`get_env`) and the config file.
+///
+/// Without `--config` or `CELERY_JANITOR_CONFIG` no file is read; see [`resolve_with`] for
+/// discovery.
 pub fn resolve(
     flags: &Flags,
     get_env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Settings, ConfigError> {
+    resolve_with(flags, get_env, &Discovery::none())
+}
+
+/// [`resolve`], looking for a config file where `discovery` says when neither `--config` nor
+/// `CELERY_JANITOR_CONFIG` names one.
+pub fn resolve_with(
+    flags: &Flags,
+    get_env: &dyn Fn(&str) -> Option<String>,
+    discovery: &Discovery,
+) -> Result<Settings, ConfigError> {
     let get = |k: &str| get_env(k).filter(|v| !v.is_empty());
-    let config_path = flags
-        .config
-        .clone()
-        .or_else(|| get(env::CONFIG).map(PathBuf::from));
-    let file = match &config_path {
-        Some(path) => load_file(path)?,
-        None => FileConfig::default(),
+    let found = match (&flags.config, get(env::CONFIG)) {
+        (Some(path), _) => Some((path.clone(), ConfigOrigin::Flag)),
+        (None, Some(path)) => Some((PathBuf::from(path), ConfigOrigin::Env)),
+        (None, None) => discovery.find(),
+    };
+    match found {
+        Some((path, origin)) => {
+            let file = load_file(&path)?;
+            build(file, Some((path, origin)), flags, get_env)
+        }
+        None => build(FileConfig::default(), None, flags, get_env),
+    }
+}
+
+/// Settings from config text held in memory (no file): relative paths resolve against the
+/// working directory. Flags and the environment still win over the text.
+pub fn resolve_text(
+    text: &str,
+    flags: &Flags,
+    get_env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Settings, ConfigError> {
+    let file = parse_file(text).map_err(|message| ConfigError::Parse {
+        path: PathBuf::from("<config text>"),
+        message,
+    })?;
+    let mut settings = build(file, None, flags, get_env)?;
+    settings.config_origin = Some(ConfigOrigin::Text);
+    Ok(settings)
+}
+
+/// Applies flag > environment > file > default to one parsed file.
+fn build(
+    file: FileConfig,
+    source: Option<(PathBuf, ConfigOrigin)>,
+    flags: &Flags,
+    get_env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Settings, ConfigError> {
+    let get = |k: &str| get_env(k).filter(|v| !v.is_empty());
+    let (config_path, config_origin) = match source {
+        Some((path, origin)) => (Some(path), Some(origin)),
+        None => (None, None),
+    };
+    // Relative paths written in the file mean "next to the file", wherever the tool runs.
+    let file_dir = config_path
+        .as_deref()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf);
+    let in_file_dir = |p: &PathBuf| match &file_dir {
+        Some(dir) if p.is_relative() => dir.join(p),
+        _ => p.clone(),
     };
 
     let redis_url = flags
@@ -385,6 +519,7 @@ pub fn resolve(
 
     Ok(Settings {
         config_path,
+        config_origin,
         broker_url,
         backend_url,
         broker_prefix: broker_prefix.into_bytes(),
@@ -398,17 +533,17 @@ pub fn resolve(
         app_log: flags
             .app_log
             .clone()
-            .or(file.logging.app_log.clone())
+            .or(file.logging.app_log.as_ref().map(in_file_dir))
             .unwrap_or_else(|| defaults::APP_LOG.into()),
         audit_log: flags
             .audit_log
             .clone()
-            .or(file.logging.audit_log.clone())
+            .or(file.logging.audit_log.as_ref().map(in_file_dir))
             .unwrap_or_else(|| defaults::AUDIT_LOG.into()),
         archive_dir: flags
             .archive_dir
             .clone()
-            .or(file.archive.dir.clone())
+            .or(file.archive.dir.as_ref().map(in_file_dir))
             .unwrap_or_else(|| defaults::ARCHIVE_DIR.into()),
         owners,
     })
@@ -517,6 +652,59 @@ id_from = "arg:0"
             !shown.contains("hunter2") && !shown.contains("secret"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn discovery_finds_the_working_dir_file_then_the_user_config() {
+        let home = tempfile::tempdir().unwrap();
+        let cwd = tempfile::tempdir().unwrap();
+        let user = home.path().join("celery-janitor");
+        std::fs::create_dir_all(&user).unwrap();
+        std::fs::write(user.join("config.toml"), FILE).unwrap();
+        let discovery = Discovery {
+            working_dir: Some(cwd.path().into()),
+            user_config_dir: Some(home.path().into()),
+        };
+        let s = resolve_with(&Flags::default(), &env_of(&[]), &discovery).unwrap();
+        assert_eq!(s.config_origin, Some(ConfigOrigin::UserConfigDir));
+        assert_eq!(s.config_path.unwrap(), user.join("config.toml"));
+
+        std::fs::write(cwd.path().join(DEFAULT_CONFIG_FILE), FILE).unwrap();
+        let s = resolve_with(&Flags::default(), &env_of(&[]), &discovery).unwrap();
+        assert_eq!(s.config_origin, Some(ConfigOrigin::WorkingDir));
+        // Relative paths written in the file resolve next to it; defaults stay relative.
+        let f = write(&format!(
+            "{FILE}\n[logging]\naudit_log = \"audit/a.jsonl\"\n"
+        ));
+        let flags = Flags {
+            config: Some(f.path().into()),
+            ..Default::default()
+        };
+        let s = resolve_with(&flags, &env_of(&[]), &discovery).unwrap();
+        assert_eq!(s.config_origin, Some(ConfigOrigin::Flag));
+        assert_eq!(
+            s.audit_log,
+            f.path().parent().unwrap().join("audit/a.jsonl")
+        );
+        assert_eq!(s.app_log, PathBuf::from(defaults::APP_LOG));
+        // Nothing is discovered unless asked.
+        let err = resolve(&Flags::default(), &env_of(&[])).unwrap_err();
+        assert!(err.to_string().contains("REDIS_URL"));
+    }
+
+    #[test]
+    fn settings_from_text() {
+        let s = resolve_text(FILE, &Flags::default(), &env_of(&[])).unwrap();
+        assert_eq!(s.config_origin, Some(ConfigOrigin::Text));
+        assert_eq!(s.grace_seconds, 3.0);
+        assert_eq!(s.owners.rules().len(), 1);
+        let err = resolve_text(
+            "[cleanup]\ngrace_seconds = 1e20\n",
+            &Flags::default(),
+            &env_of(&[("REDIS_URL", "redis://x")]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("grace_seconds"), "{err}");
     }
 
     #[test]

@@ -3,7 +3,9 @@
 
 pub const STARTER_CONFIG: &str = r#"# celery-janitor configuration.
 # Precedence: command-line flag > environment variable > this file > default.
-# Point the tool at this file with --config PATH or CELERY_JANITOR_CONFIG=PATH.
+# Point the tool at this file with --config PATH or CELERY_JANITOR_CONFIG=PATH; without either,
+# it reads ./celery-janitor.toml, else $XDG_CONFIG_HOME/celery-janitor/config.toml (~/.config/…).
+# Relative paths below ([logging], [archive]) are relative to this file's directory.
 
 [redis]
 # Broker and result backend (env REDIS_URL, flag --redis-url). Percent-encode a password's
@@ -29,7 +31,8 @@ url = "postgresql://app@127.0.0.1:5432/app"
 # full-cleanup removes task results older than this many hours, 0-87600
 # (env CELERY_JANITOR_MAX_AGE_HOURS, flag --max-age-hours).
 max_age_hours = 24
-# The worker integration cleans orphans when a worker starts (env CELERY_JANITOR_CLEANUP_ON_STARTUP).
+# Read by the Python package's worker integration (celery_janitor.install): clean orphans when a
+# worker starts. The CLI ignores it (env CELERY_JANITOR_CLEANUP_ON_STARTUP).
 cleanup_on_startup = true
 # An orphan is removed only if its row is still missing after this many seconds (0-86400). This
 # protects apps that enqueue before their transaction commits (env CELERY_JANITOR_GRACE_SECONDS,

@@ -470,7 +470,7 @@ impl Janitor {
                 None => batches.iter().map(|(_, _, ids)| ids.clone()).collect(),
                 Some(lock) => {
                     cancel.check()?;
-                    lock.ensure_held()?;
+                    lock.confirm_held().await?;
                     self.db.mark_lost(&batches).await?
                 }
             };

@@ -127,6 +127,27 @@ impl RunLock {
         }
     }
 
+    /// Refreshes the lock now and fails if it is no longer this run's: for a step that no Lua
+    /// script guards (the lost-row UPDATE), where the heartbeat's last word may be seconds old.
+    pub async fn confirm_held(&self) -> Result<()> {
+        self.ensure_held()?;
+        let script = lock_script();
+        for h in self.held.iter() {
+            let mut con = h.handle.con.clone();
+            let refreshed: i64 = script
+                .key(&h.key)
+                .arg(&h.value)
+                .arg(LOCK_TTL_MS)
+                .invoke_async(&mut con)
+                .await?;
+            if refreshed != 1 {
+                self.lost.store(true, Ordering::SeqCst);
+                return Err(EngineError::LockLost);
+            }
+        }
+        Ok(())
+    }
+
     pub async fn release(self) {
         self.heartbeat.abort();
         release_all(&self.held).await;
