@@ -16,7 +16,7 @@ entry, archived and audited.\n\nSettings: flag > environment > config file > def
 Exit codes: 0 ok, 1 failure, 2 usage/config, 3 Redis unreachable, 4 database unreachable, \
 5 another cleanup is running, 130 interrupted (Ctrl-C/SIGTERM)."
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     #[command(flatten)]
     pub global: Global,
     #[command(subcommand)]
@@ -24,7 +24,7 @@ pub struct Cli {
 }
 
 #[derive(Debug, Args)]
-pub struct Global {
+pub(crate) struct Global {
     /// Config file (TOML) [env: CELERY_JANITOR_CONFIG]
     #[arg(long, global = true, value_name = "PATH")]
     pub config: Option<PathBuf>,
@@ -52,7 +52,7 @@ pub struct Global {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Redis health and counts of tasks by state and location
     Status {
         /// Machine-readable output
@@ -123,7 +123,7 @@ pub enum Command {
 }
 
 #[derive(Debug, Args)]
-pub struct CleanupArgs {
+pub(crate) struct CleanupArgs {
     /// Show what would be removed, change nothing
     #[arg(long)]
     pub dry_run: bool,

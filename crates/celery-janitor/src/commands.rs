@@ -9,7 +9,7 @@ use crate::exit::Code;
 use crate::output;
 use crate::progress::Bar;
 
-pub fn run(cli: Cli) -> Result<Code> {
+pub(crate) fn run(cli: Cli) -> Result<Code> {
     let Cli { global, command } = cli;
     if let Command::Init { path, force } = &command {
         return init(path, *force);

@@ -5,7 +5,7 @@ use janitor_engine::EngineError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
-pub enum Code {
+pub(crate) enum Code {
     /// The command succeeded.
     Success = 0,
     /// The command failed at run time.
@@ -29,7 +29,7 @@ impl From<Code> for std::process::ExitCode {
 }
 
 impl Code {
-    pub fn of(err: &anyhow::Error) -> Code {
+    pub(crate) fn of(err: &anyhow::Error) -> Code {
         if err.downcast_ref::<ConfigError>().is_some() {
             return Code::Config;
         }
@@ -52,7 +52,7 @@ impl Code {
 }
 
 /// The error and its causes on one line.
-pub fn one_line(err: &anyhow::Error) -> String {
+pub(crate) fn one_line(err: &anyhow::Error) -> String {
     let mut parts: Vec<String> = Vec::new();
     for cause in err.chain() {
         let text = cause.to_string().replace('\n', " ");
@@ -63,7 +63,7 @@ pub fn one_line(err: &anyhow::Error) -> String {
     parts.join(": ")
 }
 
-pub fn hint(err: &anyhow::Error) -> Option<&'static str> {
+pub(crate) fn hint(err: &anyhow::Error) -> Option<&'static str> {
     match err.downcast_ref::<EngineError>().map(EngineError::root) {
         Some(EngineError::RedisUnavailable { .. }) => {
             Some("check that Redis is running and REDIS_URL (or [redis] url) points at it")

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use tracing_subscriber::fmt::writer::MakeWriterExt;
 use tracing_subscriber::EnvFilter;
 
-pub fn init(app_log: &Path, verbose: bool) {
+pub(crate) fn init(app_log: &Path, verbose: bool) {
     let filter =
         || EnvFilter::try_from_env("CELERY_JANITOR_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let file = janitor_engine::open_private_append(app_log).ok();

@@ -18,7 +18,7 @@ fn print_json<T: Serialize>(value: &T) -> Result<()> {
 
 /// One row of `tasks --json`.
 #[derive(Debug, Serialize)]
-pub struct TaskRow {
+pub(crate) struct TaskRow {
     pub task_id: Option<String>,
     pub task_name: Option<String>,
     pub location: &'static str,
@@ -86,7 +86,7 @@ fn by_location(map: &std::collections::BTreeMap<&'static str, u64>) -> String {
         .join(", ")
 }
 
-pub fn status(r: &StatusReport, settings: &Settings, json: bool) -> Result<()> {
+pub(crate) fn status(r: &StatusReport, settings: &Settings, json: bool) -> Result<()> {
     if json {
         return print_json(r);
     }
@@ -206,7 +206,7 @@ pub fn status(r: &StatusReport, settings: &Settings, json: bool) -> Result<()> {
     Ok(())
 }
 
-pub fn tasks(rows: &[TaskRow], json: bool) -> Result<()> {
+pub(crate) fn tasks(rows: &[TaskRow], json: bool) -> Result<()> {
     if json {
         return print_json(&rows);
     }
@@ -298,7 +298,7 @@ fn run_footer(run_id: &str, dry_run: bool) {
     }
 }
 
-pub fn cleanup(r: &CleanupReport, json: bool) -> Result<()> {
+pub(crate) fn cleanup(r: &CleanupReport, json: bool) -> Result<()> {
     if json {
         return print_json(r);
     }
@@ -307,7 +307,7 @@ pub fn cleanup(r: &CleanupReport, json: bool) -> Result<()> {
     Ok(())
 }
 
-pub fn full_cleanup(r: &FullCleanupReport, json: bool) -> Result<()> {
+pub(crate) fn full_cleanup(r: &FullCleanupReport, json: bool) -> Result<()> {
     if json {
         return print_json(r);
     }
@@ -344,7 +344,7 @@ fn entries(n: u64) -> String {
 
 /// The human report of `restore`. Missing entries and warnings go to standard error (see
 /// `commands.rs`).
-pub fn restore(r: &RestoreReport, json: bool) -> Result<()> {
+pub(crate) fn restore(r: &RestoreReport, json: bool) -> Result<()> {
     if json {
         return print_json(r);
     }

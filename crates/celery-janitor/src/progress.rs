@@ -5,12 +5,12 @@ use std::io::IsTerminal;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use janitor_engine::Progress;
 
-pub struct Bar {
+pub(crate) struct Bar {
     bar: Option<ProgressBar>,
 }
 
 impl Bar {
-    pub fn new(enabled: bool) -> Self {
+    pub(crate) fn new(enabled: bool) -> Self {
         let bar = (enabled && std::io::stderr().is_terminal()).then(|| {
             let b = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
             b.enable_steady_tick(std::time::Duration::from_millis(120));

@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-pub use owners::{quote_ident, IdSource, LostRowRule, OwnerMatch, OwnerRule, Owners};
+pub use owners::{
+    quote_ident, IdSource, LostRowRule, OwnerMatch, OwnerRule, OwnerRuleFile, Owners,
+};
 pub use secret::{redact_url, SecretUrl};
 pub use starter::STARTER_CONFIG;
 

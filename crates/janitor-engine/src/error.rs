@@ -128,4 +128,4 @@ impl EngineError {
     }
 }
 
-pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = EngineError> = std::result::Result<T, E>;

@@ -2,7 +2,7 @@
 //! the run record say who did what, and a lock left by a dead process may be taken over.
 
 /// This machine's host name (`gethostname`), or `unknown-host`.
-pub fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it or fails.
     let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
@@ -13,12 +13,12 @@ pub fn hostname() -> String {
     String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
-pub fn pid() -> u32 {
+pub(crate) fn pid() -> u32 {
     std::process::id()
 }
 
 /// Whether process `pid` exists on this host (`kill(pid, 0)`; EPERM means it exists).
-pub fn pid_alive(pid: u32) -> bool {
+pub(crate) fn pid_alive(pid: u32) -> bool {
     let Ok(pid) = libc::pid_t::try_from(pid) else {
         return false;
     };

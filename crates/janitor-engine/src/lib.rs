@@ -28,10 +28,10 @@ pub use cancel::Cancel;
 pub use classify::{Entry, Location, State};
 pub use cleanup::{
     CleanupOptions, CleanupReport, ExpiredResultsReport, FullCleanupReport, LocationCounts,
-    LostRowsReport, SkipCounts,
+    LostRowsReport, RevokeReport, SkipCounts,
 };
 pub use error::EngineError;
-pub use janitor::{Janitor, RedisInfo, StatusReport, TaskCounts};
+pub use janitor::{Janitor, RedisInfo, ResultCounts, StatusReport, TaskCounts};
 pub use lock::Holder;
 pub use progress::{NoProgress, Progress};
 pub use restore::{RestoreOptions, RestoreReport, RestoreSource};

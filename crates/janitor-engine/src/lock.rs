@@ -57,7 +57,7 @@ fn lock_script() -> Script {
 impl RunLock {
     /// Takes the lock on every handle, or none. `take_over` replaces a lock whose holder ran on
     /// this host and is no longer running.
-    pub async fn take(
+    pub(crate) async fn take(
         handles: Vec<RedisHandle>,
         key: &[u8],
         run_id: &str,
@@ -113,13 +113,13 @@ impl RunLock {
     }
 
     /// The value the removal scripts compare with the lock key of the broker (or backend).
-    pub fn token(&self, backend: bool) -> &str {
+    pub(crate) fn token(&self, backend: bool) -> &str {
         let i = if backend && self.held.len() > 1 { 1 } else { 0 };
         &self.held[i].value
     }
 
     /// Fails once the heartbeat found the lock taken or deleted by someone else.
-    pub fn ensure_held(&self) -> Result<()> {
+    pub(crate) fn ensure_held(&self) -> Result<()> {
         if self.lost.load(Ordering::SeqCst) {
             Err(EngineError::LockLost)
         } else {
@@ -129,7 +129,7 @@ impl RunLock {
 
     /// Refreshes the lock now and fails if it is no longer this run's: for a step that no Lua
     /// script guards (the lost-row UPDATE), where the heartbeat's last word may be seconds old.
-    pub async fn confirm_held(&self) -> Result<()> {
+    pub(crate) async fn confirm_held(&self) -> Result<()> {
         self.ensure_held()?;
         let script = lock_script();
         for h in self.held.iter() {
@@ -148,7 +148,7 @@ impl RunLock {
         Ok(())
     }
 
-    pub async fn release(self) {
+    pub(crate) async fn release(self) {
         self.heartbeat.abort();
         release_all(&self.held).await;
     }

@@ -85,7 +85,7 @@ fn sql_error(rule: &OwnerRule, e: sqlx::Error) -> EngineError {
 }
 
 impl OwnerDb {
-    pub async fn connect(url: &SecretUrl, rules: &[OwnerRule]) -> Result<Self> {
+    pub(crate) async fn connect(url: &SecretUrl, rules: &[OwnerRule]) -> Result<Self> {
         // A driver message may echo the URL or a piece of it: scrub it.
         let unavailable = |e: sqlx::Error| EngineError::DatabaseUnavailable {
             url: url.to_string(),
@@ -228,7 +228,7 @@ impl OwnerDb {
     }
 
     /// Which of `ids` exist in the rule's table. One query per call (per 500 ids on SQLite).
-    pub async fn lookup(
+    pub(crate) async fn lookup(
         &self,
         rule_idx: usize,
         rule: &OwnerRule,
@@ -275,7 +275,7 @@ impl OwnerDb {
         Ok(lookup)
     }
 
-    pub async fn count_rows(&self, rule: &OwnerRule) -> Result<u64> {
+    pub(crate) async fn count_rows(&self, rule: &OwnerRule) -> Result<u64> {
         let sql = format!("SELECT count(*) FROM {}", rule.quoted_table());
         let n: i64 = match &self.pool {
             Pool::Pg(pool) => sqlx::query_scalar(&sql).fetch_one(pool).await,
@@ -286,7 +286,7 @@ impl OwnerDb {
     }
 
     /// Ids of rows in an active status created more than `lost_after_minutes` ago.
-    pub async fn lost_candidates(&self, rule: &OwnerRule) -> Result<Vec<String>> {
+    pub(crate) async fn lost_candidates(&self, rule: &OwnerRule) -> Result<Vec<String>> {
         let Some(lost) = &rule.lost else {
             return Ok(Vec::new());
         };
@@ -326,7 +326,7 @@ impl OwnerDb {
 
     /// Sets `lost_status` on the given rows of every table, all in one transaction, only where
     /// they are still active and old enough. Returns, per batch, the ids actually changed.
-    pub async fn mark_lost(
+    pub(crate) async fn mark_lost(
         &self,
         batches: &[(usize, &OwnerRule, Vec<String>)],
     ) -> Result<Vec<Vec<String>>> {

@@ -33,7 +33,7 @@ macro_rules! checked_script {
 }
 
 impl Scripts {
-    pub fn load() -> Self {
+    pub(crate) fn load() -> Self {
         Scripts {
             remove_list: checked_script!("remove_list_entries.lua"),
             remove_unacked: checked_script!("remove_unacked_entries.lua"),
@@ -53,7 +53,7 @@ pub(crate) struct RedisHandle {
 }
 
 impl RedisHandle {
-    pub async fn connect(url: &SecretUrl) -> Result<Self> {
+    pub(crate) async fn connect(url: &SecretUrl) -> Result<Self> {
         // A driver message may echo the URL or a piece of it: scrub it.
         let unavailable = |message: String| EngineError::RedisUnavailable {
             url: url.to_string(),
@@ -81,7 +81,7 @@ impl RedisHandle {
     }
 
     /// One `SCAN` page.
-    pub async fn scan_page(
+    pub(crate) async fn scan_page(
         &self,
         cursor: u64,
         pattern: &[u8],
@@ -100,7 +100,7 @@ impl RedisHandle {
 
     /// All keys matching `pattern`, by SCAN. Only for families that stay small (binding sets,
     /// priority sub-lists of one queue).
-    pub async fn scan_all(&self, pattern: &[u8]) -> Result<Vec<Vec<u8>>> {
+    pub(crate) async fn scan_all(&self, pattern: &[u8]) -> Result<Vec<Vec<u8>>> {
         let mut out = Vec::new();
         let mut cursor = 0;
         loop {
@@ -117,7 +117,7 @@ impl RedisHandle {
     }
 
     /// Types of several keys in one round trip.
-    pub async fn types(&self, keys: &[Vec<u8>]) -> Result<Vec<String>> {
+    pub(crate) async fn types(&self, keys: &[Vec<u8>]) -> Result<Vec<String>> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
@@ -130,7 +130,7 @@ impl RedisHandle {
     }
 
     /// Takes a lock with a random token (`SET NX PX`). Returns the token, or `None` if held.
-    pub async fn try_lock(&self, key: &[u8], ttl_ms: u64) -> Result<Option<String>> {
+    pub(crate) async fn try_lock(&self, key: &[u8], ttl_ms: u64) -> Result<Option<String>> {
         let token = uuid::Uuid::new_v4().simple().to_string();
         let mut con = self.con.clone();
         let ok: Option<String> = redis::cmd("SET")
@@ -145,7 +145,7 @@ impl RedisHandle {
     }
 
     /// Refreshes (`Some(ttl)`) or releases (`None`) a lock held with `token`.
-    pub async fn lock_cas(
+    pub(crate) async fn lock_cas(
         &self,
         scripts: &Scripts,
         key: &[u8],
@@ -165,7 +165,7 @@ impl RedisHandle {
 
     /// Takes kombu's `unacked_mutex` the way kombu does, retrying briefly while a worker's
     /// restore sweep holds it. Returns `None` if it stayed held.
-    pub async fn take_unacked_mutex(&self, key: &[u8]) -> Result<Option<String>> {
+    pub(crate) async fn take_unacked_mutex(&self, key: &[u8]) -> Result<Option<String>> {
         for attempt in 0..50u64 {
             if let Some(token) = self.try_lock(key, UNACKED_MUTEX_TTL_MS).await? {
                 return Ok(Some(token));
@@ -175,7 +175,7 @@ impl RedisHandle {
         Ok(None)
     }
 
-    pub async fn info_fields(&self) -> Result<(Option<u64>, Option<u64>)> {
+    pub(crate) async fn info_fields(&self) -> Result<(Option<u64>, Option<u64>)> {
         let mut con = self.con.clone();
         let info: String = redis::cmd("INFO").query_async(&mut con).await?;
         let field = |name: &str| {
@@ -186,7 +186,7 @@ impl RedisHandle {
         Ok((field("used_memory"), field("connected_clients")))
     }
 
-    pub async fn publish(&self, channel: &[u8], message: &[u8]) -> Result<i64> {
+    pub(crate) async fn publish(&self, channel: &[u8], message: &[u8]) -> Result<i64> {
         let mut con = self.con.clone();
         Ok(con.publish(channel, message).await?)
     }

@@ -57,7 +57,7 @@ pub(crate) struct ScanCtx<'a> {
 }
 
 impl<'a> ScanCtx<'a> {
-    pub fn new(progress: &'a dyn Progress, cancel: &'a Cancel) -> Self {
+    pub(crate) fn new(progress: &'a dyn Progress, cancel: &'a Cancel) -> Self {
         ScanCtx {
             progress,
             cancel,

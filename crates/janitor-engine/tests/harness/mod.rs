@@ -9,14 +9,14 @@ use std::time::Duration;
 
 use crate::support::{Dump, Value};
 
-pub struct TestRedis {
+pub(crate) struct TestRedis {
     child: Child,
     port: u16,
     _dir: tempfile::TempDir,
 }
 
 impl TestRedis {
-    pub async fn start() -> TestRedis {
+    pub(crate) async fn start() -> TestRedis {
         for _ in 0..20 {
             let port = std::net::TcpListener::bind("127.0.0.1:0")
                 .unwrap()
@@ -65,19 +65,19 @@ impl TestRedis {
         panic!("could not start a redis-server");
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         self.url_db(0)
     }
 
-    pub fn url_db(&self, db: i64) -> String {
+    pub(crate) fn url_db(&self, db: i64) -> String {
         format!("redis://127.0.0.1:{}/{db}", self.port)
     }
 
-    pub async fn con(&self) -> redis::aio::MultiplexedConnection {
+    pub(crate) async fn con(&self) -> redis::aio::MultiplexedConnection {
         self.con_db(0).await
     }
 
-    pub async fn con_db(&self, db: i64) -> redis::aio::MultiplexedConnection {
+    pub(crate) async fn con_db(&self, db: i64) -> redis::aio::MultiplexedConnection {
         redis::Client::open(self.url_db(db))
             .unwrap()
             .get_multiplexed_async_connection()
@@ -86,13 +86,13 @@ impl TestRedis {
     }
 
     /// Writes a captured keyspace into database 0.
-    pub async fn load(&self, dump: &Dump) {
+    pub(crate) async fn load(&self, dump: &Dump) {
         self.load_into(dump, 0, |_| true).await
     }
 
     /// Writes the entries `pick` selects into database `db`. Lists keep their order (the dump
     /// is head first).
-    pub async fn load_into(
+    pub(crate) async fn load_into(
         &self,
         dump: &Dump,
         db: i64,
@@ -152,7 +152,7 @@ impl Drop for TestRedis {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub enum Val {
+pub(crate) enum Val {
     List(Vec<Vec<u8>>),
     Hash(BTreeMap<Vec<u8>, Vec<u8>>),
     Zset(BTreeMap<Vec<u8>, String>),
@@ -162,14 +162,14 @@ pub enum Val {
 
 /// Every key but celery-janitor's own, byte for byte (TTLs aside).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Snapshot(pub BTreeMap<Vec<u8>, Val>);
+pub(crate) struct Snapshot(pub BTreeMap<Vec<u8>, Val>);
 
 impl Snapshot {
-    pub async fn take(redis: &TestRedis) -> Snapshot {
+    pub(crate) async fn take(redis: &TestRedis) -> Snapshot {
         Self::take_db(redis, 0).await
     }
 
-    pub async fn take_db(redis: &TestRedis, db: i64) -> Snapshot {
+    pub(crate) async fn take_db(redis: &TestRedis, db: i64) -> Snapshot {
         let mut con = redis.con_db(db).await;
         let mut keys: Vec<Vec<u8>> = Vec::new();
         let mut cursor = 0u64;
@@ -248,7 +248,7 @@ impl Snapshot {
     }
 
     /// `after` must equal `self` minus exactly the `removed` (key, value) entries.
-    pub fn assert_only_removed(
+    pub(crate) fn assert_only_removed(
         &self,
         after: &Snapshot,
         removed: &[(Vec<u8>, Vec<u8>)],
@@ -292,7 +292,7 @@ impl Snapshot {
     }
 
     /// Same keys and values; list order may differ (restored messages go to the consume end).
-    pub fn assert_same_content(&self, other: &Snapshot, what: &str) {
+    pub(crate) fn assert_same_content(&self, other: &Snapshot, what: &str) {
         let norm = |s: &Snapshot| {
             let mut m = s.0.clone();
             for v in m.values_mut() {

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 /// The folders under `tests/fixtures/`, one per captured run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Capture {
+pub(crate) enum Capture {
     /// celery 5.3.6 / kombu 5.3.7.
     Celery53,
     /// celery 5.5.3 / kombu 5.5.4.
@@ -26,14 +26,14 @@ pub enum Capture {
 }
 
 impl Capture {
-    pub const ALL: [Capture; 4] = [
+    pub(crate) const ALL: [Capture; 4] = [
         Capture::Celery53,
         Capture::Celery55,
         Capture::Celery57Same,
         Capture::Celery57,
     ];
 
-    pub fn folder(self) -> &'static str {
+    pub(crate) fn folder(self) -> &'static str {
         match self {
             Capture::Celery53 => "celery-5.3",
             Capture::Celery55 => "celery-5.5",
@@ -44,7 +44,7 @@ impl Capture {
 
     /// kombu ≥ 5.7 writes `_kombu.binding_permanent.*` and `_kombu.binding_deadlines`, and
     /// celery 5.7 leaves the chord claim key `.c`.
-    pub fn is_57(self) -> bool {
+    pub(crate) fn is_57(self) -> bool {
         matches!(self, Capture::Celery57Same | Capture::Celery57)
     }
 }
@@ -57,17 +57,17 @@ impl fmt::Display for Capture {
 
 /// The vendored fixtures. Spelled through the crates folder so the engine's tests, which
 /// include this module too, find them as well.
-pub fn fixtures_dir() -> PathBuf {
+pub(crate) fn fixtures_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../janitor-wire/tests/fixtures")
 }
 
 /// The scenario a fixture file belongs to: its name up to the first `_` (`C3b`, `J2`, …).
-pub fn scenario_of(file_name: &str) -> &str {
+pub(crate) fn scenario_of(file_name: &str) -> &str {
     file_name.split('_').next().unwrap_or(file_name)
 }
 
 /// Every file of `capture`'s folder, sorted by name.
-pub fn files_in(capture: Capture) -> Vec<PathBuf> {
+pub(crate) fn files_in(capture: Capture) -> Vec<PathBuf> {
     let dir = fixtures_dir().join(capture.folder());
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
@@ -79,7 +79,7 @@ pub fn files_in(capture: Capture) -> Vec<PathBuf> {
 
 /// The files of one scenario in every capture that has it. Panics if none does, so a spec
 /// cannot pass by reading nothing.
-pub fn scenario(id: &str) -> Vec<(Capture, PathBuf)> {
+pub(crate) fn scenario(id: &str) -> Vec<(Capture, PathBuf)> {
     let found: Vec<(Capture, PathBuf)> = Capture::ALL
         .into_iter()
         .flat_map(|c| files_in(c).into_iter().map(move |p| (c, p)))
@@ -89,25 +89,25 @@ pub fn scenario(id: &str) -> Vec<(Capture, PathBuf)> {
     found
 }
 
-pub fn file_name(path: &Path) -> String {
+pub(crate) fn file_name(path: &Path) -> String {
     path.file_name().unwrap().to_string_lossy().into_owned()
 }
 
 /// A byte string from the dump; `cut` when the capture script truncated it, in which case
 /// `bytes` is only the part that was kept (without any `...` marker).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Blob {
+pub(crate) struct Blob {
     pub bytes: Vec<u8>,
     pub cut: bool,
 }
 
 impl Blob {
     /// The bytes of a value the capture kept whole.
-    pub fn whole(&self) -> Option<&[u8]> {
+    pub(crate) fn whole(&self) -> Option<&[u8]> {
         (!self.cut).then_some(self.bytes.as_slice())
     }
 
-    pub fn contains(&self, needle: &str) -> bool {
+    pub(crate) fn contains(&self, needle: &str) -> bool {
         self.bytes
             .windows(needle.len())
             .any(|w| w == needle.as_bytes())
@@ -116,7 +116,7 @@ impl Blob {
 
 /// One key's value, typed by the dump's `type=`.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Value {
+pub(crate) enum Value {
     /// `LRANGE 0 -1`: newest first.
     List(Vec<Blob>),
     /// `HGETALL`, in the dump's order.
@@ -130,7 +130,7 @@ pub enum Value {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct Entry {
+pub(crate) struct Entry {
     /// The `== db1` / `# broker db 1` header above the key, if any.
     pub section: Option<String>,
     pub key: Vec<u8>,
@@ -139,20 +139,20 @@ pub struct Entry {
 }
 
 impl Entry {
-    pub fn key_text(&self) -> String {
+    pub(crate) fn key_text(&self) -> String {
         show(&self.key)
     }
 }
 
 /// A parsed `.txt` dump.
 #[derive(Debug, Clone)]
-pub struct Dump {
+pub(crate) struct Dump {
     pub name: String,
     pub entries: Vec<Entry>,
 }
 
 impl Dump {
-    pub fn load(path: &Path) -> Dump {
+    pub(crate) fn load(path: &Path) -> Dump {
         let text =
             std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let name = format!(
@@ -166,44 +166,44 @@ impl Dump {
         }
     }
 
-    pub fn get(&self, key: &[u8]) -> Option<&Entry> {
+    pub(crate) fn get(&self, key: &[u8]) -> Option<&Entry> {
         self.entries.iter().find(|e| e.key == key)
     }
 
-    pub fn entry(&self, key: &[u8]) -> &Entry {
+    pub(crate) fn entry(&self, key: &[u8]) -> &Entry {
         self.get(key)
             .unwrap_or_else(|| panic!("{}: no key {}", self.name, show(key)))
     }
 
-    pub fn list(&self, key: &[u8]) -> &[Blob] {
+    pub(crate) fn list(&self, key: &[u8]) -> &[Blob] {
         match &self.entry(key).value {
             Value::List(items) => items,
             other => panic!("{}: {} is not a list: {other:?}", self.name, show(key)),
         }
     }
 
-    pub fn hash(&self, key: &[u8]) -> &[(Vec<u8>, Blob)] {
+    pub(crate) fn hash(&self, key: &[u8]) -> &[(Vec<u8>, Blob)] {
         match &self.entry(key).value {
             Value::Hash(fields) => fields,
             other => panic!("{}: {} is not a hash: {other:?}", self.name, show(key)),
         }
     }
 
-    pub fn zset(&self, key: &[u8]) -> BTreeMap<Vec<u8>, f64> {
+    pub(crate) fn zset(&self, key: &[u8]) -> BTreeMap<Vec<u8>, f64> {
         match &self.entry(key).value {
             Value::Zset(members) => members.iter().cloned().collect(),
             other => panic!("{}: {} is not a zset: {other:?}", self.name, show(key)),
         }
     }
 
-    pub fn set(&self, key: &[u8]) -> &[Vec<u8>] {
+    pub(crate) fn set(&self, key: &[u8]) -> &[Vec<u8>] {
         match &self.entry(key).value {
             Value::Set(members) => members,
             other => panic!("{}: {} is not a set: {other:?}", self.name, show(key)),
         }
     }
 
-    pub fn string(&self, key: &[u8]) -> &[u8] {
+    pub(crate) fn string(&self, key: &[u8]) -> &[u8] {
         match &self.entry(key).value {
             Value::String(blob) => blob
                 .whole()
@@ -214,7 +214,7 @@ impl Dump {
 }
 
 /// Renders bytes the way the dump does, for messages.
-pub fn show(bytes: &[u8]) -> String {
+pub(crate) fn show(bytes: &[u8]) -> String {
     bytes.escape_ascii().to_string()
 }
 
@@ -326,7 +326,7 @@ fn typed(kind: &str, py: Py) -> Result<Value, String> {
 
 /// The subset of Python literals the dumps use.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Py {
+pub(crate) enum Py {
     Bytes(Blob),
     Int(i64),
     Float(f64),
@@ -339,7 +339,7 @@ pub enum Py {
 
 /// Parses one Python literal. A line that ends inside a bytes literal is accepted as cut: the
 /// literal becomes a cut [`Blob`] and every open container closes there.
-pub fn parse_py(text: &str) -> Result<Py, String> {
+pub(crate) fn parse_py(text: &str) -> Result<Py, String> {
     let mut p = PyParser::new(text);
     let value = p.value()?;
     p.skip_ws();
@@ -574,7 +574,7 @@ impl<'a> PyParser<'a> {
 }
 
 /// The raw values of a `.jsonl` file, one per line.
-pub fn jsonl(path: &Path) -> Vec<Vec<u8>> {
+pub(crate) fn jsonl(path: &Path) -> Vec<Vec<u8>> {
     let raw = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     raw.split(|&b| b == b'\n')
         .filter(|line| !line.is_empty())
