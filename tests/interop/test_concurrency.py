@@ -152,7 +152,7 @@ def janitor_removals(commands: list[Command], client: str) -> Removals:
         xadds = [_xadd_fields(c) for c in call.inner if c.name == "xadd"]
         if len(keys) == 3 and argv[1:2] and argv[1].startswith(TOMBSTONE):
             out.list_calls += 1
-            out.targets.setdefault("queue", []).extend(argv[7::4])
+            out.targets.setdefault("queue", []).extend(argv[8::5])
             removed = [f[b"value"] for f in xadds if f[b"kind"] == b"queue"]
             out.removed.setdefault("queue", []).extend(removed)
             lsets = [c for c in call.inner if c.name == "lset"]

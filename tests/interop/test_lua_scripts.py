@@ -18,7 +18,7 @@ from typing import cast
 import pytest
 import redis
 
-from support import snapshot
+from support import envelopes, snapshot
 from support.world import ScannerWorld
 
 LUA = Path(__file__).resolve().parents[2] / "crates" / "janitor-engine" / "lua"
@@ -62,7 +62,7 @@ def state(world: ScannerWorld) -> Iterator[dict[str, bytes]]:
 def list_call(s: dict[str, bytes]) -> tuple[str, list[bytes], list[bytes]]:
     keys = [b"celery", ARCHIVE, LOCK]
     args = [TOKEN, b"celery-janitor:tombstone:x", b"20000", b"33554432", b"100000"]
-    args += [b"0", b"0", s["message"], META]
+    args += [b"0", b"0", b"0", s["message"], META]
     return script("remove_list_entries.lua"), keys, args
 
 
@@ -208,7 +208,7 @@ def test_two_identical_messages_are_two_removals(
     r = world.redis
     r.rpush(b"celery", state["message"])
     text, keys, args = list_call(state)
-    args += [b"1", b"0", state["message"], META]
+    args += [b"1", b"0", b"0", state["message"], META]
     reply = call(r, text, keys, args)
     assert isinstance(reply, list)
     assert reply[0] and reply[2], reply
@@ -224,3 +224,45 @@ def test_lock_refresh_ignores_a_wrong_typed_lock(world: ScannerWorld) -> None:
     assert r.eval(text, 1, LOCK, TOKEN, b"30000") == 0
     assert r.eval(text, 1, LOCK, TOKEN, b"release") == 0
     assert snapshot.differences(before, world.snapshot()) == []
+
+
+def _replicas(world: ScannerWorld, template: bytes, n: int) -> list[bytes]:
+    """`n` distinct messages made from a real one (new ids; kombu's own encoder)."""
+    envelopes.check_round_trip([template])
+    return [envelopes.replicate_message(template, row_id=10_000 + i).raw for i in range(n)]
+
+
+@pytest.mark.worker
+@pytest.mark.parametrize("budget", [20_000, 7], ids=["one-call", "resumed-calls"])
+def test_a_message_moved_away_from_the_tail_by_rpush_is_still_found(
+    world: ScannerWorld, state: dict[str, bytes], budget: int
+) -> None:
+    """kombu puts unacked messages back at the consume end (RPUSH) on a worker's warm shutdown
+    or visibility sweep; `restore` does too. That moves every queued message away from the
+    tail, where the search starts. The message must still be found (from its index from the
+    head, which RPUSH does not change), over several calls when the work budget runs out."""
+    r = world.redis
+    r.delete(b"celery")
+    messages = _replicas(world, state["message"], 40)
+    r.rpush(b"celery", *messages)
+    target_index = 10
+    target = messages[target_index]
+    dr = len(messages) - 1 - target_index
+    r.rpush(b"celery", *_replicas(world, state["message"], 60)[40:])  # 20 RPUSHed at the tail
+    text = script("remove_list_entries.lua")
+    p = b"0"
+    reply: list[object] = []
+    for _ in range(50):
+        keys = [b"celery", ARCHIVE, LOCK]
+        args = [TOKEN, b"celery-janitor:tombstone:x", str(budget).encode(), b"33554432"]
+        args += [b"100000", str(dr).encode(), p, str(target_index).encode(), target, META]
+        answer = call(r, text, keys, args)
+        assert isinstance(answer, list) and len(answer) == 2, answer
+        reply = answer
+        if reply[0] != b"resume":
+            break
+        p = str(reply[1]).encode()
+    assert reply[0] not in (None, b"resume"), reply
+    left = cast("list[bytes]", r.lrange(b"celery", 0, -1))
+    assert target not in left and len(left) == 59
+    assert not [m for m in left if m.startswith(b"celery-janitor:tombstone:")]

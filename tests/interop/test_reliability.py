@@ -16,10 +16,11 @@ from __future__ import annotations
 import os
 import signal
 import time
+from typing import cast
 
 import pytest
 
-from support import snapshot
+from support import envelopes, snapshot
 from support.janitor import Janitor, JanitorRun
 from support.redis_monitor import RedisMonitor
 from support.waiting import wait_until
@@ -399,3 +400,127 @@ def test_an_orphan_a_worker_prefetches_during_the_scan_is_removed_and_revoked(
     )
     time.sleep(5)  # past its countdown: it must not run
     assert fk_violations(worker.log()) == []
+
+
+def test_a_message_put_back_at_the_consume_end_mid_removal_does_not_hide_the_orphans(
+    world: ScannerWorld, janitor: Janitor
+) -> None:
+    """kombu RPUSHes unacked messages back onto the consume end (a worker's warm shutdown, its
+    visibility sweep). One such push between two removal batches moves every queued message
+    one place away from the tail: the janitor must still find and remove every orphan, and not
+    report (and revoke) them as taken by a worker. The janitor is SIGSTOPped after its first
+    removal batch, so the push lands exactly between two batches."""
+    rows = world.add_rows(601)
+    world.scan(rows[0])
+    real = world.redis.lindex(b"celery", 0)
+    assert isinstance(real, bytes)
+    world.redis.delete(b"celery")
+    copies = [envelopes.replicate_message(real, row_id=r).raw for r in rows[1:]]
+    world.redis.lpush(b"celery", *copies)
+    orphans = rows[1::2]
+    world.delete_rows(orphans)
+    (live_row,) = world.add_rows(1)
+    pushed = envelopes.replicate_message(real, row_id=live_row).raw
+    monitor = RedisMonitor(world.redis_server.port).start()
+    try:
+        first_batch = monitor.when(
+            lambda c: c.name == "lrem" and any(a.startswith(TOMBSTONE) for a in c.args)
+        )
+        proc = janitor.start("cleanup-orphaned", "--grace", "0", "--json")
+        assert first_batch.wait(timeout=60), "the janitor never removed a batch"
+        os.kill(proc.pid, signal.SIGSTOP)
+        world.redis.rpush(b"celery", pushed)
+        os.kill(proc.pid, signal.SIGCONT)
+        report = janitor.finish(proc).expect_json()
+    finally:
+        monitor.stop()
+
+    assert report["removed"]["queue"] == len(orphans), report
+    assert report["skipped"]["changed"] == 0, report
+    assert report["revoke"] is None, report
+    left = cast("list[bytes]", world.redis.lrange(b"celery", 0, -1))
+    assert len(left) == 300 + 1 and pushed in left
+    assert not {envelopes.envelope_row(m) for m in left} & set(orphans)
+
+
+def test_restore_waits_for_a_running_cleanup(world: ScannerWorld, janitor: Janitor) -> None:
+    """`restore` takes the run lock: it never undoes a cleanup halfway, nor moves messages
+    under its feet."""
+    rows = world.add_rows(2)
+    for r in rows:
+        world.scan(r)
+    world.delete_rows(rows[:1])
+    assert janitor.run("cleanup-orphaned", "--grace", "0").returncode == 0
+    world.delete_rows(rows[1:])
+    running = janitor.start("cleanup-orphaned", "--grace", "5")
+    wait_until(
+        lambda: world.redis.exists(b"celery-janitor:lock") == 1,
+        timeout=30,
+        what="the cleanup to take the lock",
+    )
+    before = world.snapshot()
+
+    refused = janitor.run("restore")
+
+    assert refused.returncode == 5, refused.describe()
+    assert snapshot.differences(before.without_prefix(), world.snapshot().without_prefix()) == []
+    assert janitor.finish(running).returncode == 0
+    assert janitor.run("restore", "--dry-run").returncode == 0
+
+
+def test_a_lock_that_never_expires_can_be_taken_over(world: ScannerWorld, janitor: Janitor) -> None:
+    rows = world.add_rows(1)
+    world.scan(rows[0])
+    world.delete_rows(rows)
+    world.redis.set(b"celery-janitor:lock", b"garbage")
+
+    refused = janitor.run("cleanup-orphaned", "--grace", "0")
+    assert refused.returncode == 5, refused.describe()
+    assert "never expires" in refused.stderr and "--take-over-lock" in refused.stderr
+
+    taken = janitor.run("cleanup-orphaned", "--grace", "0", "--take-over-lock", "--json")
+    assert taken.expect_json()["removed"]["queue"] == 1
+
+
+def test_a_run_record_that_cannot_be_written_at_the_end_still_names_the_run(
+    world: ScannerWorld, janitor: Janitor
+) -> None:
+    rows = world.add_rows(2)
+    for r in rows:
+        world.scan(r)
+    world.delete_rows(rows)
+    proc = janitor.start("cleanup-orphaned", "--grace", "3")
+    wait_until(
+        lambda: world.redis.hlen(b"celery-janitor:runs") == 1,
+        timeout=30,
+        what="the run to record its start",
+    )
+    world.redis.delete(b"celery-janitor:runs")
+    world.redis.set(b"celery-janitor:runs", b"not a hash")
+
+    run = janitor.finish(proc)
+
+    assert run.returncode == 1, run.describe()
+    assert "celery-janitor:runs" in run.stderr
+    assert "2 changes were made" in run.stderr and "restore --run" in run.stderr, run.stderr
+
+
+@pytest.mark.worker
+def test_restore_warns_that_workers_will_discard_revoked_tasks(
+    world: ScannerWorld, janitor: Janitor
+) -> None:
+    """The cleanup revokes the `unacked` orphans it removes (a live worker may hold them).
+    Restoring can't take that back, so `restore` says so."""
+    rows = world.add_rows(1)
+    world.scan(rows[0], countdown=600)
+    world.park_in_unacked(1)
+    world.delete_rows(rows)
+    report = janitor.run("cleanup-orphaned", "--grace", "0", "--json").expect_json()
+    assert report["removed"]["unacked"] == 1 and report["revoke"]["task_ids"] == 1
+
+    restored = janitor.run("restore", "--json")
+
+    data = restored.expect_json()
+    assert data["restored"]["unacked"] == 1
+    assert any("revoked" in w for w in data["warnings"]), data
+    assert "revoked by the cleanup" in restored.stderr, restored.describe()

@@ -72,7 +72,7 @@ pub(crate) fn hint(err: &anyhow::Error) -> Option<&'static str> {
             Some("check that the database is running and DATABASE_URL (or [database] url) is right")
         }
         Some(EngineError::Busy { stale: true, .. }) => Some(
-            "its holder ran on this host and is no longer running: run again with --take-over-lock to take the lock over (or wait for it to expire)",
+            "the lock is stale (its holder ran on this host and is gone, or it never expires): run again with --take-over-lock to take it over",
         ),
         Some(EngineError::Busy { .. }) => Some(
             "wait for the other run to finish, then try again (a lock whose holder died expires within 30 s)",

@@ -1,16 +1,21 @@
--- Removes exact messages from one queue list, atomically, in one linear pass per call.
+-- Removes exact messages from one queue list, atomically, in bounded linear passes.
 --
--- Positions are anchored at the list's tail: producers LPUSH at the head, which does not move a
--- message relative to the tail; only consumers' pops from the tail do. So a message read at
--- distance `dr` from the tail is now at `LLEN - 1 - dr + p`, where `p` >= 0 counts the messages
--- popped since it was read (0 when no worker consumed). The search probes the predicted spot
--- first, then walks towards the tail in growing chunks, comparing exact bytes. The search only
--- reads. Then every found message is archived, overwritten with a tombstone, and one LREM from
--- the tail removes all tombstones of the call — no per-message LREM scan. Workers never see a
--- tombstone: the script is atomic, and everything that could fail (key types, arguments, the
--- lock, the archive writes) is checked or done before the first tombstone is set.
--- Work per call is capped (elements and bytes compared), so Redis stays responsive; targets
--- not reached are returned for the next call with the point the search got to.
+-- Where a message is now: producers LPUSH at the head and consumers pop from the tail (BRPOP),
+-- so a message read at distance `dr` from the tail is usually at `LLEN - 1 - dr + p`, where
+-- `p` >= 0 counts the messages popped since it was read. The search probes that spot first,
+-- then walks towards the tail in growing chunks, comparing exact bytes (phase 1).
+-- But RPUSHes at the tail (kombu puts unacked messages back there on a worker's warm shutdown
+-- or visibility sweep; `celery-janitor restore` does too) move a message away from the tail.
+-- Its index from the head, though, only ever grows (LPUSH), so if phase 1 reaches the tail
+-- without finding it, phase 2 walks from its head index when read (`lo`) towards the tail, up
+-- to where phase 1 started. Only when both miss is it gone (a worker took it, or it changed).
+--
+-- The search only reads. Then every found message is archived, overwritten with a tombstone,
+-- and one LREM from the tail removes all tombstones of the call — no per-message LREM scan.
+-- Workers never see a tombstone: the script is atomic, and everything that could fail (key
+-- types, arguments, the lock, the archive writes) is checked or done before the first tombstone
+-- is set. Work per call is capped (elements and bytes compared), so Redis stays responsive;
+-- targets not reached are returned for the next call with the point the search got to.
 --
 -- KEYS[1]: the queue list
 -- KEYS[2]: the archive stream
@@ -18,24 +23,26 @@
 -- ARGV[1]: janitor lock token        ARGV[2]: tombstone (unique per call)
 -- ARGV[3]: element budget            ARGV[4]: byte budget
 -- ARGV[5]: archive MAXLEN (approximate)
--- ARGV[6+4i .. 9+4i], tail first: dr (distance from the tail when read, less this run's removals
---   nearer the tail), p (pops to try first), exact bytes, archive metadata (JSON)
+-- ARGV[6+5i .. 10+5i], tail first: dr (distance from the tail when read, less this run's
+--   removals nearer the tail), p (where to resume: pops to try first, or -1 - position to go on
+--   with phase 2 from), lo (index from the head when read), exact bytes, archive metadata (JSON)
 -- Errors (nothing written): CJWRONGTYPE, CJBADARG, LOCKLOST, CJARCHIVE (see checks.lua).
 -- Returns two values per target: the archive id, 'resume' (budget spent before it was reached)
--- or false (gone: a worker took it, or it changed); and the pop count where it was found or
--- where the search stopped.
+-- or false (gone); and where it was found (pops, for phase-1 finds) or where the search stopped
+-- (the `p` to resume with).
 redis.replicate_commands()
 local failed = cj_check(function()
-  cj_groups(5, 4)
+  cj_groups(5, 5)
   cj_lock(3, ARGV[1])
   cj_expect(1, {'list'})
   cj_expect(2, {'stream'})
   for i = 3, 5 do
     cj_number(i, true)
   end
-  for i = 6, #ARGV, 4 do
+  for i = 6, #ARGV, 5 do
     cj_number(i, true)
     cj_number(i + 1, true)
+    cj_number(i + 2, true)
   end
 end)
 if failed then
@@ -51,60 +58,130 @@ local found_at, slots, items = {}, {}, {}
 -- Positions already matched by this call: two byte-identical targets must match two messages.
 local claimed = {}
 -- Targets come tail first, so each was read no later than the one before it: at least as many
--- pops have happened since, and the previous find is a lower bound for this one.
+-- pops have happened since, and the previous phase-1 find is a lower bound for this one.
 local carry = 0
 
-for i = 6, #ARGV, 4 do
-  local dr = tonumber(ARGV[i])
-  local p = tonumber(ARGV[i + 1])
-  local want = ARGV[i + 2]
-  local base = len - 1 - dr
-  if p < carry then p = carry end
-  if p < -base then p = -base end
-  if p < 0 then p = 0 end
-  local found = nil
+-- Compares `want` with positions from..to (inclusive) in growing chunks. Returns the position
+-- found (or nil) and the first position not compared (to + 1 when the range was done).
+local function walk(want, from, to)
   local step = 1
   local max_step = math.max(1, math.min(256, math.floor(4194304 / math.max(1, #want))))
-  while found == nil and p <= dr and elements > 0 and bytes > 0 do
-    local from = base + p
-    local to = math.min(len - 1, from + step - 1)
-    if from > to then
-      break
-    end
-    local chunk = redis.call('LRANGE', KEYS[1], from, to)
+  while from <= to and elements > 0 and bytes > 0 do
+    local last = math.min(to, from + step - 1)
+    local chunk = redis.call('LRANGE', KEYS[1], from, last)
     if #chunk == 0 then
-      break
+      return nil, to + 1
     end
     for j = 1, #chunk do
       elements = elements - 1
       bytes = bytes - #chunk[j]
       if chunk[j] == want and not claimed[from + j - 1] then
-        found = from + j - 1
-        break
+        return from + j - 1, from + j
       end
     end
-    if found == nil then
-      p = p + #chunk
-      step = math.min(step * 4, max_step)
-    end
+    from = from + #chunk
+    step = math.min(step * 4, max_step)
   end
-  if found ~= nil then
-    found_at[#found_at + 1] = found
-    claimed[found] = true
-    items[#items + 1] = {'kind', 'queue', 'key', KEYS[1], 'value', want, 'meta', ARGV[i + 3]}
-    results[#results + 1] = false
-    slots[#slots + 1] = #results
-    carry = found - base
-    results[#results + 1] = carry
-  elseif p <= dr and (elements <= 0 or bytes <= 0) then
-    results[#results + 1] = 'resume'
-    results[#results + 1] = p
+  return nil, from
+end
+
+local function found_it(t, pos, pops)
+  claimed[pos] = true
+  found_at[#found_at + 1] = pos
+  items[#items + 1] = {'kind', 'queue', 'key', KEYS[1], 'value', t.want, 'meta', t.meta}
+  slots[#slots + 1] = t.slot
+  results[t.slot] = false
+  results[t.slot + 1] = math.max(0, pops)
+end
+
+-- Phase 1, per target. Targets it misses go to phase 2.
+local missed = {}
+for i = 6, #ARGV, 5 do
+  local t = {
+    dr = tonumber(ARGV[i]), lo = math.max(0, tonumber(ARGV[i + 2])),
+    want = ARGV[i + 3], meta = ARGV[i + 4], slot = #results + 1,
+  }
+  local p = tonumber(ARGV[i + 1])
+  results[t.slot] = false
+  results[t.slot + 1] = 0
+  local base = len - 1 - t.dr
+  if p >= 0 then
+    if p < carry then p = carry end
+    if p < -base then p = -base end
+    if p < 0 then p = 0 end
+    local start = base + p
+    local found, reached = walk(t.want, start, len - 1)
+    if found ~= nil then
+      carry = found - base
+      found_it(t, found, found - base)
+    elseif reached <= len - 1 then
+      -- Budget spent in phase 1: resume there.
+      results[t.slot] = 'resume'
+      results[t.slot + 1] = reached - base
+    else
+      -- Popped, or moved away from the tail (phase 2 tells). Messages read no later have seen
+      -- at least as many pops, unless RPUSHes came in between: phase 2 covers that case.
+      if t.dr + 1 > carry then carry = t.dr + 1 end
+      t.from, t.to = t.lo, start - 1
+      missed[#missed + 1] = t
+    end
   else
-    -- Searched to the tail: it was popped (pops take the tail first, so more than `dr` pops
-    -- happened since it was read), or changed. Messages read no later have seen as many pops.
-    if dr + 1 > carry then carry = dr + 1 end
-    results[#results + 1] = false
-    results[#results + 1] = p
+    t.from, t.to = -1 - p, len - 1
+    missed[#missed + 1] = t
+  end
+end
+
+-- Phase 2: one walk from the lowest head index to the highest end of the missed targets'
+-- ranges, looking every element up among their exact bytes at once.
+local wanted, from, to = {}, nil, -1
+for _, t in ipairs(missed) do
+  if t.from <= t.to then
+    local bucket = wanted[t.want]
+    if bucket == nil then
+      bucket = {}
+      wanted[t.want] = bucket
+    end
+    bucket[#bucket + 1] = t
+    if from == nil or t.from < from then from = t.from end
+    if t.to > to then to = t.to end
+  end
+end
+local reached = (from or 0)
+if from ~= nil then
+  local step = 16
+  while reached <= to and elements > 0 and bytes > 0 do
+    local last = math.min(to, reached + step - 1)
+    local chunk = redis.call('LRANGE', KEYS[1], reached, last)
+    if #chunk == 0 then
+      reached = to + 1
+      break
+    end
+    for j = 1, #chunk do
+      local pos = reached + j - 1
+      elements = elements - 1
+      bytes = bytes - #chunk[j]
+      local bucket = wanted[chunk[j]]
+      if bucket ~= nil and not claimed[pos] then
+        for _, t in ipairs(bucket) do
+          if not t.found and t.from <= pos and pos <= t.to then
+            t.found = true
+            found_it(t, pos, pos - (len - 1 - t.dr))
+            break
+          end
+        end
+      end
+    end
+    reached = reached + #chunk
+    step = math.min(step * 4, 256)
+  end
+end
+-- Phase-2 resume points: {result slot, position, lo}. Removals of this call nearer the head
+-- shift positions down, so they are lowered by the call's removals at the end.
+local phase2_resumes = {}
+for _, t in ipairs(missed) do
+  if not t.found and t.from <= t.to and reached <= t.to then
+    results[t.slot] = 'resume'
+    phase2_resumes[#phase2_resumes + 1] = {t.slot + 1, math.max(t.from, reached), t.lo}
   end
 end
 
@@ -119,5 +196,8 @@ if #found_at > 0 then
     results[slots[k]] = ids[k]
   end
   redis.call('LREM', KEYS[1], -#found_at, ARGV[2])
+end
+for _, r in ipairs(phase2_resumes) do
+  results[r[1]] = -1 - math.max(r[3], r[2] - #found_at)
 end
 return results

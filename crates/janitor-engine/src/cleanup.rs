@@ -10,6 +10,7 @@
 //! writes its audit event and run record, and says how to undo what it did.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -29,6 +30,9 @@ const BATCH: usize = 100;
 /// Work cap of one list-removal call: elements and bytes compared. Keeps each atomic step short.
 const SEARCH_ELEMENTS: i64 = 20_000;
 const SEARCH_BYTES: i64 = 32 * 1024 * 1024;
+/// How long a run's revoked task ids are kept for `restore`'s warning: longer than Celery
+/// remembers a revoke (3 hours), with room for workers that keep them in a state file.
+const REVOKED_KEEP_SECONDS: u64 = 7 * 24 * 3600;
 /// Approximate cap of the Redis archive stream (the archive files keep everything).
 const ARCHIVE_MAXLEN: u64 = 100_000;
 
@@ -125,6 +129,10 @@ pub struct FullCleanupReport {
     pub orphans: CleanupReport,
     pub expired_results: ExpiredResultsReport,
     pub lost_rows: LostRowsReport,
+    /// A removal script was sent but its reply never came (Redis went away): it may have run,
+    /// so the counts above may be short by one batch (the archive stream has it).
+    #[serde(skip)]
+    pub(crate) batch_in_doubt: bool,
 }
 
 impl Janitor {
@@ -153,8 +161,13 @@ impl Janitor {
         )
     }
 
+    /// The task ids a run revoked (see `remember_revoked`).
+    pub(crate) fn revoked_key(&self, run_id: &str) -> Vec<u8> {
+        self.own_key(&format!("revoked:{run_id}"))
+    }
+
     /// The servers a run locks: the broker, and the backend when it is another Redis.
-    fn lock_handles(&self) -> Vec<crate::redis_io::RedisHandle> {
+    pub(crate) fn lock_handles(&self) -> Vec<crate::redis_io::RedisHandle> {
         let mut handles = vec![self.broker.clone()];
         if !self.shared_redis {
             handles.push(self.backend.clone());
@@ -302,11 +315,16 @@ impl Janitor {
         lock.release().await;
         progress.finish();
         match outcome {
-            Ok(()) => {
-                audited?;
-                recorded?;
-                Ok(report)
-            }
+            // The changes are made; failing to record them still names the run to undo.
+            Ok(()) => match audited.and(recorded) {
+                Ok(()) => Ok(report),
+                Err(e) => Err(EngineError::PartialRun {
+                    run_id,
+                    changed,
+                    in_doubt: false,
+                    source: Box::new(e),
+                }),
+            },
             Err(e) => {
                 for failure in [audited.err(), recorded.err()].into_iter().flatten() {
                     tracing::error!(error = %failure, run_id = %run_id, "could not record the end of a failed run");
@@ -314,6 +332,7 @@ impl Janitor {
                 Err(EngineError::PartialRun {
                     run_id,
                     changed,
+                    in_doubt: report.batch_in_doubt,
                     source: Box::new(e),
                 })
             }
@@ -433,9 +452,13 @@ impl Janitor {
                     run_id: &run_id,
                     lock,
                     cancel,
+                    in_doubt: AtomicBool::new(false),
                 };
-                self.remove_entries(&batch, "orphaned", confirmed, &mut report.orphans, progress)
-                    .await?;
+                let removed = self
+                    .remove_entries(&batch, "orphaned", confirmed, &mut report.orphans, progress)
+                    .await;
+                report.batch_in_doubt = batch.in_doubt.load(Ordering::SeqCst);
+                removed?;
                 if full {
                     let without_ttl = expired.iter().filter(|e| e.pttl == Some(-1)).count() as u64;
                     let mut sub = CleanupReport::default();
@@ -446,6 +469,7 @@ impl Janitor {
                     report.expired_results.archived = sub.archived;
                     report.expired_results.changed = sub.skipped.changed;
                     report.expired_results.without_ttl = without_ttl.min(sub.removed.result);
+                    report.batch_in_doubt |= batch.in_doubt.load(Ordering::SeqCst);
                     removed?;
                 }
             }
@@ -572,6 +596,7 @@ impl Janitor {
     /// the least time to start one.
     async fn revoke_now(
         &self,
+        run_id: &str,
         task_ids: Vec<String>,
         revoked: &mut HashSet<String>,
         report: &mut CleanupReport,
@@ -585,6 +610,7 @@ impl Janitor {
         if fresh.is_empty() {
             return Ok(());
         }
+        self.remember_revoked(run_id, &fresh).await?;
         let heard = self.broadcast_revoke(&fresh).await?;
         revoked.extend(fresh);
         let total = report.revoke.get_or_insert_with(RevokeReport::default);
@@ -629,13 +655,14 @@ impl Janitor {
                 let from_tail = e.list_len.unwrap_or(0) - 1 - e.index.unwrap_or(0);
                 inv.arg(from_tail - removed)
                     .arg(*p)
+                    .arg(e.index.unwrap_or(0))
                     .arg(&e.raw)
                     .arg(stream_meta(batch.run_id, e, reason));
             }
-            let reply: Vec<redis::Value> = inv
-                .invoke_async(&mut con)
-                .await
-                .map_err(|e| script_error(e, &[key, &archive, &lock_key], &archive))?;
+            let reply: Vec<redis::Value> = inv.invoke_async(&mut con).await.map_err(|e| {
+                batch.note(&e);
+                script_error(e, &[key, &archive, &lock_key], &archive)
+            })?;
             let mut records = Vec::new();
             let mut resume = Vec::new();
             let mut taken = Vec::new();
@@ -669,7 +696,8 @@ impl Janitor {
                 }
             }
             self.write_records(batch.run_id, &records)?;
-            self.revoke_now(taken, revoked, report).await?;
+            self.revoke_now(batch.run_id, taken, revoked, report)
+                .await?;
             // Targets the budget did not reach go first in the next call, from where it stopped.
             for item in resume.into_iter().rev() {
                 pending.push_front(item);
@@ -716,6 +744,7 @@ impl Janitor {
                     .arg(stream_meta(batch.run_id, e, reason));
             }
             let reply: Result<Vec<redis::Value>> = inv.invoke_async(&mut con).await.map_err(|e| {
+                batch.note(&e);
                 script_error(e, &[&hash, &index, &mutex, &archive, &lock_key], &archive)
             });
             // Release kombu's mutex whatever happened, by compare-and-delete.
@@ -751,7 +780,8 @@ impl Janitor {
                 }
             }
             self.write_records(batch.run_id, &records)?;
-            self.revoke_now(removed_ids, revoked, report).await?;
+            self.revoke_now(batch.run_id, removed_ids, revoked, report)
+                .await?;
             progress.advance(chunk.len() as u64);
         }
         Ok(())
@@ -778,10 +808,10 @@ impl Janitor {
         let mut con = self.backend.con.clone();
         let mut keys: Vec<&[u8]> = vec![&archive, &lock_key];
         keys.extend(chunk.iter().map(|e| e.key.as_slice()));
-        let reply: Vec<redis::Value> = inv
-            .invoke_async(&mut con)
-            .await
-            .map_err(|e| script_error(e, &keys, &archive))?;
+        let reply: Vec<redis::Value> = inv.invoke_async(&mut con).await.map_err(|e| {
+            batch.note(&e);
+            script_error(e, &keys, &archive)
+        })?;
         let mut records = Vec::new();
         for (e, pair) in chunk.iter().zip(reply.chunks(2)) {
             let id = redis::from_redis_value_ref::<Option<String>>(&pair[0])
@@ -896,6 +926,25 @@ impl Janitor {
         self.record_run_end(run_id, end).await
     }
 
+    /// Keeps the run's revoked task ids (as long as Celery remembers a revoke), so `restore`
+    /// can warn that workers will discard those tasks.
+    async fn remember_revoked(&self, run_id: &str, task_ids: &[String]) -> Result<()> {
+        let key = self.revoked_key(run_id);
+        let mut con = self.broker.con.clone();
+        redis::pipe()
+            .cmd("SADD")
+            .arg(&key)
+            .arg(task_ids)
+            .ignore()
+            .cmd("EXPIRE")
+            .arg(&key)
+            .arg(REVOKED_KEEP_SECONDS)
+            .ignore()
+            .query_async::<()>(&mut con)
+            .await?;
+        Ok(())
+    }
+
     /// Tells live workers to discard these tasks: removing an `unacked` entry does not stop a
     /// worker that already holds the message (prefetched or waiting for its ETA).
     async fn broadcast_revoke(&self, task_ids: &[String]) -> Result<RevokeReport> {
@@ -945,6 +994,8 @@ struct Batch<'a> {
     run_id: &'a str,
     lock: &'a RunLock,
     cancel: &'a Cancel,
+    /// Set when a script's reply was lost with the connection: it may have run.
+    in_doubt: AtomicBool,
 }
 
 impl Batch<'_> {
@@ -952,6 +1003,18 @@ impl Batch<'_> {
     fn ready(&self) -> Result<()> {
         self.cancel.check()?;
         self.lock.ensure_held()
+    }
+
+    /// Notes a script call that failed without an answer from the script (the connection
+    /// broke or timed out): Redis may have run it.
+    fn note(&self, err: &redis::RedisError) {
+        if err.is_io_error()
+            || err.is_connection_dropped()
+            || err.is_timeout()
+            || err.is_unrecoverable_error()
+        {
+            self.in_doubt.store(true, Ordering::SeqCst);
+        }
     }
 }
 

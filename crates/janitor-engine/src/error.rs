@@ -39,11 +39,13 @@ pub enum EngineError {
         "could not write the archive stream {key} ({message}); that removal step changed nothing"
     )]
     ArchiveWrite { key: String, message: String },
-    #[error("{source}; {}", describe_partial(.run_id, *.changed))]
+    #[error("{source}; {}", describe_partial(.run_id, *.changed, *.in_doubt))]
     PartialRun {
         run_id: String,
         /// Entries removed (and archived) or rows marked before the run stopped.
         changed: u64,
+        /// The last removal script's reply was lost: it may have removed more.
+        in_doubt: bool,
         #[source]
         source: Box<EngineError>,
     },
@@ -68,7 +70,9 @@ fn describe_busy(key: &str, holder: &Option<Box<Holder>>, expires_in_ms: Option<
         ),
         None => format!("lock {key} is held"),
     };
-    if let Some(ms) = expires_in_ms.filter(|ms| *ms >= 0) {
+    if expires_in_ms == Some(-1) {
+        text.push_str("; it never expires (no TTL), so no running celery-janitor holds it");
+    } else if let Some(ms) = expires_in_ms.filter(|ms| *ms >= 0) {
         text.push_str(&format!(
             "; it expires in {:.0} s unless its holder refreshes it",
             (ms as f64 / 1000.0).ceil()
@@ -77,8 +81,16 @@ fn describe_busy(key: &str, holder: &Option<Box<Holder>>, expires_in_ms: Option<
     text
 }
 
-fn describe_partial(run_id: &str, changed: u64) -> String {
-    if changed == 0 {
+fn describe_partial(run_id: &str, changed: u64, in_doubt: bool) -> String {
+    if in_doubt {
+        format!(
+            "run {run_id} stopped partway: {changed} changes were confirmed, and its last removal \
+             batch may have been applied too (Redis went away before answering; the archive \
+             stream has whatever it removed). See what was removed with `celery-janitor restore \
+             --run {run_id} --dry-run` once Redis is back; undo it with `celery-janitor restore \
+             --run {run_id}`, or run the cleanup again to finish"
+        )
+    } else if changed == 0 {
         format!("run {run_id} stopped before changing anything")
     } else {
         format!(

@@ -187,9 +187,11 @@ async fn busy_error(handle: &RedisHandle, key: &[u8]) -> Result<(EngineError, St
         .map(|v| String::from_utf8_lossy(v).into_owned())
         .unwrap_or_default();
     let holder: Option<Box<Holder>> = serde_json::from_str(&text).ok();
-    let stale = holder
-        .as_ref()
-        .is_some_and(|h| h.host == host::hostname() && !host::pid_alive(h.pid));
+    // Our locks always expire; one that never does was left by something else (or by hand).
+    let stale = ty == "string" && pttl == -1
+        || holder
+            .as_ref()
+            .is_some_and(|h| h.host == host::hostname() && !host::pid_alive(h.pid));
     Ok((
         EngineError::Busy {
             key: printable(key),

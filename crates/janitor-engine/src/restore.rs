@@ -22,6 +22,7 @@ use crate::classify::Location;
 use crate::error::{EngineError, Result};
 use crate::host::hostname;
 use crate::janitor::Janitor;
+use crate::lock::RunLock;
 use crate::progress::Progress;
 use crate::redis_io::RedisHandle;
 use crate::runs::{RunCounts, RunOutcome, RunRecord};
@@ -200,6 +201,29 @@ impl Janitor {
         opts: &RestoreOptions,
         progress: &dyn Progress,
     ) -> Result<RestoreReport> {
+        if opts.dry_run {
+            return self.restore_holding_lock(opts, progress).await;
+        }
+        // Under the run lock: a cleanup in progress would otherwise be undone halfway (its run
+        // is "running", so the newest), and the messages put back would move under its feet.
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let lock = RunLock::take(
+            self.lock_handles(),
+            &self.own_key("lock"),
+            &format!("restore-{}", &id[..8]),
+            false,
+        )
+        .await?;
+        let outcome = self.restore_holding_lock(opts, progress).await;
+        lock.release().await;
+        outcome
+    }
+
+    async fn restore_holding_lock(
+        &self,
+        opts: &RestoreOptions,
+        progress: &dyn Progress,
+    ) -> Result<RestoreReport> {
         let mut report = RestoreReport {
             dry_run: opts.dry_run,
             ..Default::default()
@@ -331,10 +355,18 @@ impl Janitor {
         let found_total = found.total() + report.already_restored;
 
         progress.phase("restoring", Some(pending.len() as u64));
-        let outcome = self.restore_entries(pending, opts.dry_run, &mut report, progress);
+        let mut restored_tasks = Vec::new();
+        let outcome = self.restore_entries(
+            pending,
+            opts.dry_run,
+            &mut report,
+            &mut restored_tasks,
+            progress,
+        );
         let outcome = outcome.await;
         self.audit.sync()?;
         outcome?;
+        self.warn_of_revoked(&restored_tasks, &mut report).await;
         if let (true, false, None, Some(run)) = (unrecorded, opts.dry_run, &record, &run_id) {
             if found_total > 0 && opts.task_ids.is_empty() {
                 let file_here = report.source == RestoreSource::File;
@@ -346,11 +378,13 @@ impl Janitor {
         Ok(report)
     }
 
+    /// Restores each entry; `restored_tasks` gets the (run id, task id) of each message put back.
     async fn restore_entries(
         &self,
         entries: Vec<Archived>,
         dry_run: bool,
         report: &mut RestoreReport,
+        restored_tasks: &mut Vec<(String, String)>,
         progress: &dyn Progress,
     ) -> Result<()> {
         let archive = self.own_key("archive");
@@ -387,6 +421,11 @@ impl Janitor {
             match outcome {
                 1 => {
                     *report.restored.entry(e.location.as_str()).or_default() += 1;
+                    if let (Location::Queue | Location::Unacked, Some(task)) =
+                        (e.location, &e.task_id)
+                    {
+                        restored_tasks.push((e.run_id.clone(), task.clone()));
+                    }
                     self.audit.event(serde_json::json!({
                         "action": "restore",
                         "run_id": e.run_id,
@@ -403,6 +442,33 @@ impl Janitor {
             progress.advance(1);
         }
         Ok(())
+    }
+
+    /// The cleanup revoked some of these tasks (see `revoke_now`): live workers that heard it
+    /// discard them when they arrive, until restarted. Restoring can't take a revoke back, so
+    /// say so.
+    async fn warn_of_revoked(&self, restored: &[(String, String)], report: &mut RestoreReport) {
+        if restored.is_empty() {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        for (run, task) in restored {
+            pipe.cmd("SISMEMBER").arg(self.revoked_key(run)).arg(task);
+        }
+        let mut con = self.broker.con.clone();
+        let flags: Vec<bool> = match pipe.query_async(&mut con).await {
+            Ok(flags) => flags,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot tell which restored tasks were revoked");
+                return;
+            }
+        };
+        let revoked = flags.iter().filter(|f| **f).count();
+        if revoked > 0 {
+            report.warnings.push(format!(
+                "{revoked} of the restored tasks were revoked by the cleanup: Celery workers that                  were running then discard them when they receive them (Celery remembers revokes                  for 3 hours, or across restarts with --statedb). Restart those workers (without                  their revoke state file) before these tasks reach them, or send the tasks anew"
+            ));
+        }
     }
 
     fn handle(&self, backend: bool) -> &RedisHandle {
