@@ -266,3 +266,81 @@ def test_a_message_moved_away_from_the_tail_by_rpush_is_still_found(
     left = cast("list[bytes]", r.lrange(b"celery", 0, -1))
     assert target not in left and len(left) == 59
     assert not [m for m in left if m.startswith(b"celery-janitor:tombstone:")]
+
+
+@pytest.mark.worker
+def test_removal_over_many_small_calls_under_push_and_pop_leaves_no_orphan(
+    world: ScannerWorld, state: dict[str, bytes]
+) -> None:
+    """The engine's calling convention (targets tail first, `dr` less the removals so far, `lo`
+    the index from the head when read, resumes sent back first), with tiny work budgets so that
+    most calls stop partway, and LPUSH / RPOP / RPUSH between calls (producers, workers, kombu's
+    restore). Every orphan still in the list is removed, nothing else is, everything removed is
+    archived once, and no tombstone is left."""
+    import random
+    from collections import Counter, deque
+
+    r = world.redis
+    text = script("remove_list_entries.lua")
+    pool = _replicas(world, state["message"], 1000)
+    for seed in range(30):
+        rng = random.Random(seed)
+        r.delete(b"celery", ARCHIVE)
+        r.xadd(ARCHIVE, {b"kind": b"seed"})
+        messages = pool[:300]
+        spare = deque(pool[300:])
+        r.lpush(b"celery", *messages)
+        orphans = {m for m in messages if rng.random() < 0.3}
+        # The scan: head first, in one read (index from the head, list length).
+        listed = cast("list[bytes]", r.lrange(b"celery", 0, -1))
+        entries = [(i, len(listed), m) for i, m in enumerate(listed) if m in orphans]
+        entries.sort(key=lambda e: -e[0])
+        pending = deque((e, 0) for e in entries)
+        popped: set[bytes] = set()
+        removed: list[bytes] = []
+        removed_count = 0
+        calls = 0
+        while pending:
+            calls += 1
+            assert calls < 5000, f"seed {seed}: no progress"
+            for _ in range(rng.randrange(4)):
+                action = rng.random()
+                if action < 0.3 and spare:
+                    r.lpush(b"celery", spare.popleft())
+                elif action < 0.5:
+                    gone = r.rpop(b"celery")
+                    if isinstance(gone, bytes):
+                        popped.add(gone)
+                elif spare:
+                    r.rpush(b"celery", spare.popleft())
+            chunk = [pending.popleft() for _ in range(min(10, len(pending)))]
+            args = [TOKEN, b"celery-janitor:tombstone:" + str(calls).encode()]
+            args += [str(rng.choice([5, 30, 120])).encode(), b"33554432", b"100000"]
+            for (index, length, raw), p in chunk:
+                args += [str(length - 1 - index - removed_count).encode(), str(p).encode()]
+                args += [str(index).encode(), raw, META]
+            before = Counter(cast("list[bytes]", r.lrange(b"celery", 0, -1)))
+            reply = call(r, text, [b"celery", ARCHIVE, LOCK], args)
+            assert isinstance(reply, list) and len(reply) == 2 * len(chunk), reply
+            after = Counter(cast("list[bytes]", r.lrange(b"celery", 0, -1)))
+            resume = []
+            for (entry, _), status, p in zip(chunk, reply[0::2], reply[1::2], strict=True):
+                if status == b"resume":
+                    resume.append((entry, int(p)))
+                elif status:
+                    removed_count += 1
+                    removed.append(entry[2])
+                else:
+                    assert entry[2] in popped or after[entry[2]] == 0, (seed, "reported gone")
+                    assert entry[2] not in after, (seed, "an orphan reported gone is queued")
+            assert not (after - before), seed
+            assert set(before - after) <= orphans, (seed, "a live message was removed")
+            for item in reversed(resume):
+                pending.appendleft(item)
+        final = cast("list[bytes]", r.lrange(b"celery", 0, -1))
+        assert not set(final) & orphans, f"seed {seed}: an orphan is still queued"
+        assert not [m for m in final if m.startswith(b"celery-janitor:tombstone:")]
+        stream = cast("list[tuple[bytes, dict[bytes, bytes]]]", r.xrange(ARCHIVE))
+        archived = Counter(f[b"value"] for _, f in stream if b"value" in f)
+        assert archived == Counter(removed), f"seed {seed}: archive != removed"
+        assert set(removed) | popped >= orphans, seed

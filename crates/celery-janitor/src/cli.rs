@@ -107,6 +107,9 @@ pub(crate) enum Command {
         /// Show what would be restored, change nothing
         #[arg(long)]
         dry_run: bool,
+        /// Take over a run lock that is stale (its holder ran on this host and is gone, or it never expires)
+        #[arg(long)]
+        take_over_lock: bool,
         /// Machine-readable output
         #[arg(long)]
         json: bool,

@@ -132,6 +132,7 @@ async fn dispatch(settings: Settings, command: Command, quiet: bool) -> Result<C
             task_ids,
             from_file,
             dry_run,
+            take_over_lock,
             json,
         } => {
             let bar = Bar::new(!json && !quiet);
@@ -141,6 +142,7 @@ async fn dispatch(settings: Settings, command: Command, quiet: bool) -> Result<C
                 task_ids,
                 from_file,
                 dry_run,
+                take_over_lock,
             };
             let report = janitor.restore(&options, &bar).await?;
             output::restore(&report, json)?;

@@ -74,6 +74,12 @@ pub(crate) fn hint(err: &anyhow::Error) -> Option<&'static str> {
         Some(EngineError::Busy { stale: true, .. }) => Some(
             "the lock is stale (its holder ran on this host and is gone, or it never expires): run again with --take-over-lock to take it over",
         ),
+        Some(EngineError::Busy {
+            expires_in_ms: Some(-1),
+            ..
+        }) => Some(
+            "the lock key holds something celery-janitor never writes and never expires: inspect it (TYPE, GET) and delete it by hand",
+        ),
         Some(EngineError::Busy { .. }) => Some(
             "wait for the other run to finish, then try again (a lock whose holder died expires within 30 s)",
         ),

@@ -15,7 +15,9 @@
 -- Workers never see a tombstone: the script is atomic, and everything that could fail (key
 -- types, arguments, the lock, the archive writes) is checked or done before the first tombstone
 -- is set. Work per call is capped (elements and bytes compared), so Redis stays responsive;
--- targets not reached are returned for the next call with the point the search got to.
+-- targets not reached are returned for the next call with the point the search got to, and so
+-- are the targets after them (nearer the head) even when found, so that every removal of a call
+-- lies nearer the tail than every target left for later (see the end of the script).
 --
 -- KEYS[1]: the queue list
 -- KEYS[2]: the archive stream
@@ -87,20 +89,19 @@ end
 
 local function found_it(t, pos, pops)
   claimed[pos] = true
-  found_at[#found_at + 1] = pos
-  items[#items + 1] = {'kind', 'queue', 'key', KEYS[1], 'value', t.want, 'meta', t.meta}
-  slots[#slots + 1] = t.slot
+  t.found, t.pos = true, pos
   results[t.slot] = false
   results[t.slot + 1] = math.max(0, pops)
 end
 
 -- Phase 1, per target. Targets it misses go to phase 2.
-local missed = {}
+local targets, missed = {}, {}
 for i = 6, #ARGV, 5 do
   local t = {
     dr = tonumber(ARGV[i]), lo = math.max(0, tonumber(ARGV[i + 2])),
     want = ARGV[i + 3], meta = ARGV[i + 4], slot = #results + 1,
   }
+  targets[#targets + 1] = t
   local p = tonumber(ARGV[i + 1])
   results[t.slot] = false
   results[t.slot + 1] = 0
@@ -164,7 +165,6 @@ if from ~= nil then
       if bucket ~= nil and not claimed[pos] then
         for _, t in ipairs(bucket) do
           if not t.found and t.from <= pos and pos <= t.to then
-            t.found = true
             found_it(t, pos, pos - (len - 1 - t.dr))
             break
           end
@@ -175,13 +175,31 @@ if from ~= nil then
     step = math.min(step * 4, 256)
   end
 end
--- Phase-2 resume points: {result slot, position, lo}. Removals of this call nearer the head
--- shift positions down, so they are lowered by the call's removals at the end.
-local phase2_resumes = {}
 for _, t in ipairs(missed) do
   if not t.found and t.from <= t.to and reached <= t.to then
     results[t.slot] = 'resume'
-    phase2_resumes[#phase2_resumes + 1] = {t.slot + 1, math.max(t.from, reached), t.lo}
+    results[t.slot + 1] = -1 - math.max(t.from, reached)
+  end
+end
+
+-- The caller (and the next call) rely on one rule: every removal so far lies nearer the tail
+-- than every target still pending, so it moved none of their indices from the head, and their
+-- distances from the tail shrink by exactly the removals counted. Targets come tail first, so
+-- once one must resume, the targets after it that were found are not removed now but resumed
+-- from where they are (their index from the head only grows until the next call).
+local resuming = false
+for _, t in ipairs(targets) do
+  if results[t.slot] == 'resume' then
+    resuming = true
+  elseif t.found and resuming then
+    claimed[t.pos] = nil
+    t.found = false
+    results[t.slot] = 'resume'
+    results[t.slot + 1] = -1 - t.pos
+  elseif t.found then
+    found_at[#found_at + 1] = t.pos
+    items[#items + 1] = {'kind', 'queue', 'key', KEYS[1], 'value', t.want, 'meta', t.meta}
+    slots[#slots + 1] = t.slot
   end
 end
 
@@ -196,8 +214,5 @@ if #found_at > 0 then
     results[slots[k]] = ids[k]
   end
   redis.call('LREM', KEYS[1], -#found_at, ARGV[2])
-end
-for _, r in ipairs(phase2_resumes) do
-  results[r[1]] = -1 - math.max(r[3], r[2] - #found_at)
 end
 return results

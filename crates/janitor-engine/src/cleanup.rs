@@ -663,6 +663,7 @@ impl Janitor {
                 batch.note(&e);
                 script_error(e, &[key, &archive, &lock_key], &archive)
             })?;
+            expect_pairs(&reply, chunk.len(), "remove_list_entries.lua")?;
             let mut records = Vec::new();
             let mut resume = Vec::new();
             let mut taken = Vec::new();
@@ -752,6 +753,7 @@ impl Janitor {
                 .lock_cas(&self.scripts, &mutex, &mutex_token, None)
                 .await?;
             let reply = reply?;
+            expect_pairs(&reply, chunk.len(), "remove_unacked_entries.lua")?;
             let mut records = Vec::new();
             let mut removed_ids = Vec::new();
             for (e, pair) in chunk.iter().zip(reply.chunks(2)) {
@@ -812,6 +814,7 @@ impl Janitor {
             batch.note(&e);
             script_error(e, &keys, &archive)
         })?;
+        expect_pairs(&reply, chunk.len(), "remove_results.lua")?;
         let mut records = Vec::new();
         for (e, pair) in chunk.iter().zip(reply.chunks(2)) {
             let id = redis::from_redis_value_ref::<Option<String>>(&pair[0])
@@ -1015,6 +1018,20 @@ impl Batch<'_> {
         {
             self.in_doubt.store(true, Ordering::SeqCst);
         }
+    }
+}
+
+/// A removal script answers two values per target; anything else is an error, never a silent
+/// "gone" (the archive stream holds whatever the call removed).
+fn expect_pairs(reply: &[redis::Value], targets: usize, script: &str) -> Result<()> {
+    if reply.len() == 2 * targets {
+        Ok(())
+    } else {
+        Err(EngineError::Other(format!(
+            "{script} answered {} values for {targets} entries (expected {}); stopped",
+            reply.len(),
+            2 * targets
+        )))
     }
 }
 

@@ -87,8 +87,9 @@ fn describe_partial(run_id: &str, changed: u64, in_doubt: bool) -> String {
             "run {run_id} stopped partway: {changed} changes were confirmed, and its last removal \
              batch may have been applied too (Redis went away before answering; the archive \
              stream has whatever it removed). See what was removed with `celery-janitor restore \
-             --run {run_id} --dry-run` once Redis is back; undo it with `celery-janitor restore \
-             --run {run_id}`, or run the cleanup again to finish"
+             --run {run_id} --dry-run` once Redis is back (this run's lock expires within 30 s); \
+             undo it with `celery-janitor restore --run {run_id}`, or run the cleanup again to \
+             finish"
         )
     } else if changed == 0 {
         format!("run {run_id} stopped before changing anything")

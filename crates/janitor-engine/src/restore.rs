@@ -43,6 +43,8 @@ pub struct RestoreOptions {
     /// Read the entries from this archive file (with the stream entries of the run it lacks).
     pub from_file: Option<PathBuf>,
     pub dry_run: bool,
+    /// Take over a run lock that is stale (see `CleanupOptions::take_over_lock`).
+    pub take_over_lock: bool,
 }
 
 /// Where the entries were read.
@@ -211,7 +213,7 @@ impl Janitor {
             self.lock_handles(),
             &self.own_key("lock"),
             &format!("restore-{}", &id[..8]),
-            false,
+            opts.take_over_lock,
         )
         .await?;
         let outcome = self.restore_holding_lock(opts, progress).await;
@@ -466,7 +468,10 @@ impl Janitor {
         let revoked = flags.iter().filter(|f| **f).count();
         if revoked > 0 {
             report.warnings.push(format!(
-                "{revoked} of the restored tasks were revoked by the cleanup: Celery workers that                  were running then discard them when they receive them (Celery remembers revokes                  for 3 hours, or across restarts with --statedb). Restart those workers (without                  their revoke state file) before these tasks reach them, or send the tasks anew"
+                "{revoked} of the restored tasks were revoked by the cleanup: Celery workers that \
+                 were running then discard them when they receive them (Celery remembers revokes \
+                 for 3 hours, or across restarts with --statedb). Restart those workers (without \
+                 their revoke state file) before these tasks reach them, or send the tasks anew"
             ));
         }
     }
