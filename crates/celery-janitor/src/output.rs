@@ -196,11 +196,16 @@ pub(crate) fn status(r: &StatusReport, settings: &Settings, json: bool) -> Resul
             .take(3)
             .map(|w| format!("{} is a {}, expected a {}", w.key, w.found, w.expected))
             .collect();
+        let (noun, verb, them) = if wrong.count == 1 {
+            ("key", "holds", "it was")
+        } else {
+            ("keys", "hold", "they were")
+        };
         println!(
-            "WARNING: {} key{} where Celery keeps its data hold another type, so they were skipped (e.g. {}). Something other than Celery wrote them.",
+            "WARNING: {} {noun} where Celery keeps its data {verb} another type, so {them} skipped (e.g. {}). Something other than Celery wrote {}.",
             wrong.count,
-            if wrong.count == 1 { "" } else { "s" },
-            examples.join("; ")
+            examples.join("; "),
+            if wrong.count == 1 { "it" } else { "them" }
         );
     }
     Ok(())
