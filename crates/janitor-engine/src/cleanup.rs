@@ -19,7 +19,7 @@ use crate::archive::{b64, printable, stream_meta, ArchiveRecord};
 use crate::cancel::Cancel;
 use crate::classify::{Entry, Location, State};
 use crate::error::{EngineError, Result};
-use crate::janitor::Janitor;
+use crate::janitor::{Janitor, OwnKey, TOMBSTONE_PREFIX};
 use crate::lock::RunLock;
 use crate::progress::Progress;
 use crate::runs::{RunCounts, RunEnd, RunOutcome};
@@ -163,7 +163,7 @@ impl Janitor {
 
     /// The task ids a run revoked (see `remember_revoked`).
     pub(crate) fn revoked_key(&self, run_id: &str) -> Vec<u8> {
-        self.own_key(&format!("revoked:{run_id}"))
+        self.own_key(OwnKey::Revoked(run_id))
     }
 
     /// The servers a run locks: the broker, and the backend when it is another Redis.
@@ -276,7 +276,7 @@ impl Janitor {
 
         let lock = RunLock::take(
             self.lock_handles(),
-            &self.own_key("lock"),
+            &self.own_key(OwnKey::Lock),
             &run_id,
             opts.take_over_lock,
         )
@@ -632,8 +632,8 @@ impl Janitor {
         revoked: &mut HashSet<String>,
         progress: &dyn Progress,
     ) -> Result<()> {
-        let archive = self.own_key("archive");
-        let lock_key = self.own_key("lock");
+        let archive = self.own_key(OwnKey::Archive);
+        let lock_key = self.own_key(OwnKey::Lock);
         let mut con = self.broker.con.clone();
         // Tail first: the consume end, where workers will take messages soonest.
         entries.sort_by_key(|e| std::cmp::Reverse(e.index.unwrap_or(0)));
@@ -643,7 +643,7 @@ impl Janitor {
         while !pending.is_empty() {
             batch.ready()?;
             let chunk: Vec<(Entry, i64)> = pending.drain(..pending.len().min(BATCH)).collect();
-            let tombstone = format!("celery-janitor:tombstone:{}", uuid::Uuid::new_v4());
+            let tombstone = format!("{TOMBSTONE_PREFIX}{}", uuid::Uuid::new_v4());
             let mut inv = self.scripts.remove_list.key(key);
             inv.key(&archive).key(&lock_key);
             inv.arg(batch.lock.token(false))
@@ -722,8 +722,8 @@ impl Janitor {
             layout.unacked_index_key(),
             layout.unacked_mutex_key(),
         );
-        let archive = self.own_key("archive");
-        let lock_key = self.own_key("lock");
+        let archive = self.own_key(OwnKey::Archive);
+        let lock_key = self.own_key(OwnKey::Lock);
         let mut con = self.broker.con.clone();
         for chunk in entries.chunks(BATCH) {
             batch.ready()?;
@@ -796,8 +796,8 @@ impl Janitor {
         chunk: &[Entry],
         report: &mut CleanupReport,
     ) -> Result<()> {
-        let archive = self.own_key("archive");
-        let lock_key = self.own_key("lock");
+        let archive = self.own_key(OwnKey::Archive);
+        let lock_key = self.own_key(OwnKey::Lock);
         let mut inv = self.scripts.remove_results.key(&archive);
         inv.key(&lock_key);
         for e in chunk {

@@ -17,6 +17,26 @@ use crate::redis_io::{RedisHandle, Scripts};
 use crate::scan::{ScanCtx, WrongTypeKeys};
 use crate::OWN_KEY_PREFIX;
 
+/// celery-janitor's own Redis keys, each named here once (docs/cli.md, "What it writes").
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum OwnKey<'a> {
+    /// The run lock (see `lock.rs`).
+    Lock,
+    /// The archive stream the removal scripts write.
+    Archive,
+    /// The run record (see `runs.rs`).
+    Runs,
+    /// Archive ids restored by versions before per-run sets.
+    RestoredBefore,
+    /// Archive ids of a run already restored.
+    Restored(&'a str),
+    /// Task ids a run revoked.
+    Revoked(&'a str),
+}
+
+/// The prefix of the value a list-removal script writes over a message before removing it.
+pub(crate) const TOMBSTONE_PREFIX: &str = "celery-janitor:tombstone:";
+
 pub struct Janitor {
     pub(crate) settings: Settings,
     pub(crate) broker: RedisHandle,
@@ -146,7 +166,15 @@ impl Janitor {
     }
 
     /// A key of celery-janitor's own, in the broker's prefix.
-    pub(crate) fn own_key(&self, name: &str) -> Vec<u8> {
+    pub(crate) fn own_key(&self, key: OwnKey<'_>) -> Vec<u8> {
+        let name = match key {
+            OwnKey::Lock => "lock".to_owned(),
+            OwnKey::Archive => "archive".to_owned(),
+            OwnKey::Runs => "runs".to_owned(),
+            OwnKey::RestoredBefore => "restored".to_owned(),
+            OwnKey::Restored(run_id) => format!("restored:{run_id}"),
+            OwnKey::Revoked(run_id) => format!("revoked:{run_id}"),
+        };
         [
             self.settings.broker_prefix.as_slice(),
             OWN_KEY_PREFIX.as_bytes(),

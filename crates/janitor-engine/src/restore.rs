@@ -21,7 +21,7 @@ use crate::archive::{b64, printable, unb64, ArchiveFile, ArchiveRecord};
 use crate::classify::Location;
 use crate::error::{EngineError, Result};
 use crate::host::hostname;
-use crate::janitor::Janitor;
+use crate::janitor::{Janitor, OwnKey};
 use crate::lock::RunLock;
 use crate::progress::Progress;
 use crate::redis_io::RedisHandle;
@@ -211,7 +211,7 @@ impl Janitor {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let lock = RunLock::take(
             self.lock_handles(),
-            &self.own_key("lock"),
+            &self.own_key(OwnKey::Lock),
             &format!("restore-{}", &id[..8]),
             opts.take_over_lock,
         )
@@ -389,8 +389,8 @@ impl Janitor {
         restored_tasks: &mut Vec<(String, String)>,
         progress: &dyn Progress,
     ) -> Result<()> {
-        let archive = self.own_key("archive");
-        let global_set = self.own_key("restored");
+        let archive = self.own_key(OwnKey::Archive);
+        let global_set = self.own_key(OwnKey::RestoredBefore);
         for e in entries {
             if dry_run {
                 *report.restored.entry(e.location.as_str()).or_default() += 1;
@@ -497,9 +497,9 @@ impl Janitor {
     /// stream metadata lost their run id).
     fn restored_key(&self, run_id: &str) -> Vec<u8> {
         if run_id.is_empty() {
-            self.own_key("restored")
+            self.own_key(OwnKey::RestoredBefore)
         } else {
-            self.own_key(&format!("restored:{run_id}"))
+            self.own_key(OwnKey::Restored(run_id))
         }
     }
 
@@ -518,7 +518,7 @@ impl Janitor {
     /// For each entry: whether its id is in its run's restored set, and in the global one.
     async fn restored_flags(&self, entries: &[Archived]) -> Result<Vec<(bool, bool)>> {
         let mut flags = vec![(false, false); entries.len()];
-        let global = self.own_key("restored");
+        let global = self.own_key(OwnKey::RestoredBefore);
         for (h, backend) in self.archive_handles() {
             let on_this: Vec<usize> = (0..entries.len())
                 .filter(|&i| self.shared_redis || entries[i].backend == backend)
@@ -555,7 +555,7 @@ impl Janitor {
         want_run: &(dyn Fn(&str) -> bool + Sync),
     ) -> Result<Vec<ArchiveRecord>> {
         let mut out = Vec::new();
-        let key = self.own_key("archive");
+        let key = self.own_key(OwnKey::Archive);
         for (h, _) in self.archive_handles() {
             let mut con = h.con.clone();
             let mut start = "-".to_string();

@@ -24,7 +24,7 @@ use crate::classify::Location;
 use crate::cleanup::LocationCounts;
 use crate::error::{EngineError, Result};
 use crate::host::{hostname, pid_alive};
-use crate::janitor::Janitor;
+use crate::janitor::{Janitor, OwnKey};
 
 /// The newest this many records are kept.
 pub const RUNS_KEPT: usize = 1000;
@@ -189,7 +189,7 @@ impl Janitor {
     /// record says so (`file_synced`), unless that failed: then the next run or `restore`
     /// completes it.
     pub(crate) async fn record_run_end(&self, run_id: &str, end: RunEnd) -> Result<()> {
-        let key = self.own_key("runs");
+        let key = self.own_key(OwnKey::Runs);
         let completed = end.outcome == RunOutcome::Completed;
         if completed && !end.changed_something() {
             let mut con = self.broker.con.clone();
@@ -285,7 +285,7 @@ impl Janitor {
 
     /// One run's record, if it has one.
     pub async fn run_record(&self, run_id: &str) -> Result<Option<RunRecord>> {
-        let key = self.own_key("runs");
+        let key = self.own_key(OwnKey::Runs);
         let mut con = self.broker.con.clone();
         let raw: Option<Vec<u8>> = redis::cmd("HGET")
             .arg(&key)
@@ -388,7 +388,7 @@ impl Janitor {
     async fn lock_holder_run(&self) -> std::result::Result<Option<String>, ()> {
         let mut con = self.broker.con.clone();
         let value: Option<Vec<u8>> = redis::cmd("GET")
-            .arg(self.own_key("lock"))
+            .arg(self.own_key(OwnKey::Lock))
             .query_async(&mut con)
             .await
             .map_err(|_| ())?;
@@ -429,7 +429,7 @@ impl Janitor {
     /// Every record, oldest first (by start time: two runs can start in the same second, and
     /// their ids then sort at random). Unreadable records are skipped with a warning.
     async fn all_runs(&self) -> Result<Vec<RunRecord>> {
-        let key = self.own_key("runs");
+        let key = self.own_key(OwnKey::Runs);
         let mut con = self.broker.con.clone();
         let raw: Vec<(String, Vec<u8>)> = redis::cmd("HGETALL")
             .arg(&key)
@@ -446,7 +446,7 @@ impl Janitor {
 
     /// Writes a record, then trims the hash to the newest [`RUNS_KEPT`].
     async fn put_run(&self, record: &RunRecord) -> Result<()> {
-        let key = self.own_key("runs");
+        let key = self.own_key(OwnKey::Runs);
         let json = serde_json::to_string(record).expect("serializable");
         let mut con = self.broker.con.clone();
         let (_, len): (i64, usize) = redis::pipe()
