@@ -134,9 +134,10 @@ end
 
 -- Phase 2: one walk from the lowest head index to the highest end of the missed targets'
 -- ranges, looking every element up among their exact bytes at once.
-local wanted, from, to = {}, nil, -1
+local wanted, from, to, longest = {}, nil, -1, 1
 for _, t in ipairs(missed) do
   if t.from <= t.to then
+    if #t.want > longest then longest = #t.want end
     local bucket = wanted[t.want]
     if bucket == nil then
       bucket = {}
@@ -149,7 +150,7 @@ for _, t in ipairs(missed) do
 end
 local reached = (from or 0)
 if from ~= nil then
-  local step = 16
+  local step = math.max(1, math.min(16, math.floor(4194304 / longest)))
   while reached <= to and elements > 0 and bytes > 0 do
     local last = math.min(to, reached + step - 1)
     local chunk = redis.call('LRANGE', KEYS[1], reached, last)
@@ -172,7 +173,8 @@ if from ~= nil then
       end
     end
     reached = reached + #chunk
-    step = math.min(step * 4, 256)
+    -- Chunks of about 4 MB at most, as in phase 1 (messages near the longest target's size).
+    step = math.max(1, math.min(step * 4, 256, math.floor(4194304 / longest)))
   end
 end
 for _, t in ipairs(missed) do
