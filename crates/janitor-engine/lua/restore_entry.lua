@@ -2,8 +2,9 @@
 -- restored-ids set, so a second restore (from the stream or from an archive file) is a no-op;
 -- ids restored by earlier versions are in the global set, which is only read.
 --
--- Everything that can fail (key types, argument shapes) is checked before the first write, so
--- a failing call writes nothing. Errors (error replies, nothing written):
+-- Everything that can fail (key types, argument shapes) is checked before the first write, with
+-- the checks shared by every script that writes (`checks.lua`, prepended by redis_io.rs), so a
+-- failing call writes nothing. Errors (error replies, nothing written):
 --   CJWRONGTYPE <i> <type found> <types expected, |-separated>   KEYS[i] has the wrong type
 --   CJBADARG <i> <why>                                           ARGV[i] is malformed (0: counts)
 --
@@ -15,79 +16,49 @@
 -- ARGV[7]: seconds to keep the restored-ids set
 -- Returns 1 restored, 0 already restored, -1 the target is occupied (left untouched).
 redis.replicate_commands()
-
-local function wrong_type(i, allowed)
-  local t = redis.call('TYPE', KEYS[i])['ok']
-  if t == 'none' then
-    return nil
+local kind, keep, pttl = ARGV[2], nil, nil
+local failed = cj_check(function()
+  -- Argument shapes.
+  if #KEYS ~= 5 or #ARGV ~= 7 then
+    error('CJBADARG 0 expected 5 keys and 7 arguments, got ' .. #KEYS .. ' and ' .. #ARGV, 0)
   end
-  for _, want in ipairs(allowed) do
-    if t == want then
-      return nil
+  if ARGV[1] == '' then
+    error('CJBADARG 1 empty archive id', 0)
+  end
+  if kind ~= 'queue' and kind ~= 'unacked' and kind ~= 'result' then
+    error('CJBADARG 2 unknown archive kind ' .. kind, 0)
+  end
+  keep = cj_number(7, true)
+  if keep <= 0 then
+    error('CJBADARG 7 not a positive number of seconds', 0)
+  end
+  if kind == 'unacked' then
+    if ARGV[4] == '' then
+      error('CJBADARG 4 empty unacked field', 0)
     end
+    if ARGV[5] ~= '' then
+      cj_number(5)
+    end
+  elseif kind == 'result' then
+    pttl = cj_number(6, true)
   end
-  return redis.error_reply('CJWRONGTYPE ' .. i .. ' ' .. t .. ' ' .. table.concat(allowed, '|'))
-end
-
-local function bad_arg(i, why)
-  return redis.error_reply('CJBADARG ' .. i .. ' ' .. why)
-end
-
-local function integer(s)
-  local n = tonumber(s)
-  if n == nil or n ~= n or math.floor(n) ~= n then
-    return nil
+  -- Key types: the bookkeeping keys, then the target.
+  cj_expect(1, {'stream'})
+  cj_expect(2, {'set'})
+  cj_expect(5, {'set'})
+  if kind == 'queue' then
+    cj_expect(3, {'list'})
+  elseif kind == 'unacked' then
+    cj_expect(3, {'hash'})
+    if ARGV[5] ~= '' then
+      cj_expect(4, {'zset'})
+    end
+  else
+    cj_expect(3, {'string'})
   end
-  return n
-end
-
--- Argument shapes.
-if #KEYS ~= 5 or #ARGV ~= 7 then
-  return bad_arg(0, 'expected 5 keys and 7 arguments, got ' .. #KEYS .. ' and ' .. #ARGV)
-end
-if ARGV[1] == '' then
-  return bad_arg(1, 'empty archive id')
-end
-local kind = ARGV[2]
-if kind ~= 'queue' and kind ~= 'unacked' and kind ~= 'result' then
-  return bad_arg(2, 'unknown archive kind ' .. kind)
-end
-local keep = integer(ARGV[7])
-if keep == nil or keep <= 0 then
-  return bad_arg(7, 'not a positive number of seconds')
-end
-local pttl = nil
-if kind == 'unacked' then
-  if ARGV[4] == '' then
-    return bad_arg(4, 'empty unacked field')
-  end
-  if ARGV[5] ~= '' and tonumber(ARGV[5]) == nil then
-    return bad_arg(5, 'not a score')
-  end
-elseif kind == 'result' then
-  pttl = integer(ARGV[6])
-  if pttl == nil then
-    return bad_arg(6, 'not a PTTL')
-  end
-end
-
--- Key types: the bookkeeping keys, then the target.
-local err = wrong_type(1, {'stream'}) or wrong_type(2, {'set'}) or wrong_type(5, {'set'})
-if err then
-  return err
-end
-if kind == 'queue' then
-  err = wrong_type(3, {'list'})
-elseif kind == 'unacked' then
-  err = wrong_type(3, {'hash'})
-  if not err and ARGV[5] ~= '' then
-    err = wrong_type(4, {'zset'})
-  end
-else
-  err = wrong_type(3, {'string'})
-end
-if err then
-  return err
+end)
+if failed then
+  return failed
 end
 
 if redis.call('SISMEMBER', KEYS[5], ARGV[1]) == 1 or redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then

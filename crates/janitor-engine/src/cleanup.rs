@@ -22,6 +22,7 @@ use crate::error::{EngineError, Result};
 use crate::janitor::{Janitor, OwnKey, TOMBSTONE_PREFIX};
 use crate::lock::RunLock;
 use crate::progress::Progress;
+use crate::redis_io::WrongTypeReply;
 use crate::runs::{RunCounts, RunEnd, RunOutcome};
 use crate::scan::ScanCtx;
 
@@ -275,6 +276,7 @@ impl Janitor {
         }
 
         let lock = RunLock::take(
+            &self.scripts.lock,
             self.lock_handles(),
             &self.own_key(OwnKey::Lock),
             &run_id,
@@ -750,7 +752,7 @@ impl Janitor {
             });
             // Release kombu's mutex whatever happened, by compare-and-delete.
             self.broker
-                .lock_cas(&self.scripts, &mutex, &mutex_token, None)
+                .lock_cas(&self.scripts.lock, &mutex, &mutex_token, None)
                 .await?;
             let reply = reply?;
             expect_pairs(&reply, chunk.len(), "remove_unacked_entries.lua")?;
@@ -1037,22 +1039,15 @@ fn expect_pairs(reply: &[redis::Value], targets: usize, script: &str) -> Result<
 
 /// Turns a removal script's error reply into a typed error naming the key (see checks.lua).
 fn script_error(err: redis::RedisError, keys: &[&[u8]], archive: &[u8]) -> EngineError {
+    if let Some(wrong) = WrongTypeReply::parse(&err, keys) {
+        return EngineError::WrongType {
+            key: wrong.key.unwrap_or_else(|| "a key".into()),
+            found: wrong.found,
+            expected: wrong.expected,
+        };
+    }
     let detail = err.detail().unwrap_or_default().to_owned();
     match err.code() {
-        Some("CJWRONGTYPE") => {
-            let mut parts = detail.split_whitespace();
-            let key = parts
-                .next()
-                .and_then(|i| i.parse::<usize>().ok())
-                .and_then(|i| keys.get(i.wrapping_sub(1)))
-                .map(|k| printable(k))
-                .unwrap_or_else(|| "a key".into());
-            EngineError::WrongType {
-                key,
-                found: parts.next().unwrap_or("?").to_owned(),
-                expected: parts.next().unwrap_or("?").replace('|', " or "),
-            }
-        }
         Some("LOCKLOST") => EngineError::LockLost,
         Some("CJARCHIVE") => EngineError::ArchiveWrite {
             key: printable(archive),

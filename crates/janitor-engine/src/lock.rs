@@ -43,21 +43,29 @@ struct Held {
     value: String,
 }
 
+impl Held {
+    /// Sets the lock's TTL back to `LOCK_TTL_MS`; false if it is no longer ours.
+    async fn refresh(&self, script: &Script) -> Result<bool> {
+        self.handle
+            .lock_cas(script, &self.key, &self.value, Some(LOCK_TTL_MS))
+            .await
+    }
+}
+
 /// A held run lock; release it with [`RunLock::release`] (it expires by itself otherwise).
 pub(crate) struct RunLock {
     held: Arc<Vec<Held>>,
     lost: Arc<AtomicBool>,
     heartbeat: tokio::task::JoinHandle<()>,
-}
-
-fn lock_script() -> Script {
-    Script::new(include_str!("../lua/lock.lua"))
+    /// `lock.lua`, which refreshes and releases by compare-and-set.
+    script: Script,
 }
 
 impl RunLock {
     /// Takes the lock on every handle, or none. `take_over` replaces a lock whose holder ran on
     /// this host and is no longer running.
     pub(crate) async fn take(
+        script: &Script,
         handles: Vec<RedisHandle>,
         key: &[u8],
         run_id: &str,
@@ -73,14 +81,14 @@ impl RunLock {
         let value = serde_json::to_string(&holder).expect("serializable");
         let mut held = Vec::new();
         for handle in handles {
-            let mut outcome = set_nx(&handle, key, &value).await;
+            let mut outcome = handle.lock_with(key, &value, LOCK_TTL_MS).await;
             if let Ok(false) = outcome {
                 let busy = busy_error(&handle, key).await;
                 match (&busy, take_over) {
                     (Ok((EngineError::Busy { stale: true, .. }, current)), true) => {
                         tracing::warn!(lock = %printable(key), holder = %current, "taking over a lock left by a process that is gone");
-                        release(&handle, key, current).await.ok();
-                        outcome = set_nx(&handle, key, &value).await;
+                        handle.lock_cas(script, key, current, None).await.ok();
+                        outcome = handle.lock_with(key, &value, LOCK_TTL_MS).await;
                     }
                     _ => outcome = Err(busy.map(|(e, _)| e).unwrap_or_else(|e| e)),
                 }
@@ -92,23 +100,24 @@ impl RunLock {
                     value: value.clone(),
                 }),
                 Ok(false) => {
-                    release_all(&held).await;
+                    release_all(script, &held).await;
                     let err = busy_error(&handle, key).await.map(|(e, _)| e);
                     return Err(err.unwrap_or_else(|e| e));
                 }
                 Err(e) => {
-                    release_all(&held).await;
+                    release_all(script, &held).await;
                     return Err(e);
                 }
             }
         }
         let held = Arc::new(held);
         let lost = Arc::new(AtomicBool::new(false));
-        let heartbeat = tokio::spawn(heartbeat(held.clone(), lost.clone()));
+        let heartbeat = tokio::spawn(heartbeat(script.clone(), held.clone(), lost.clone()));
         Ok(RunLock {
             held,
             lost,
             heartbeat,
+            script: script.clone(),
         })
     }
 
@@ -131,16 +140,8 @@ impl RunLock {
     /// script guards (the lost-row UPDATE), where the heartbeat's last word may be seconds old.
     pub(crate) async fn confirm_held(&self) -> Result<()> {
         self.ensure_held()?;
-        let script = lock_script();
         for h in self.held.iter() {
-            let mut con = h.handle.con.clone();
-            let refreshed: i64 = script
-                .key(&h.key)
-                .arg(&h.value)
-                .arg(LOCK_TTL_MS)
-                .invoke_async(&mut con)
-                .await?;
-            if refreshed != 1 {
+            if !h.refresh(&self.script).await? {
                 self.lost.store(true, Ordering::SeqCst);
                 return Err(EngineError::LockLost);
             }
@@ -150,21 +151,8 @@ impl RunLock {
 
     pub(crate) async fn release(self) {
         self.heartbeat.abort();
-        release_all(&self.held).await;
+        release_all(&self.script, &self.held).await;
     }
-}
-
-async fn set_nx(handle: &RedisHandle, key: &[u8], value: &str) -> Result<bool> {
-    let mut con = handle.con.clone();
-    let ok: Option<String> = redis::cmd("SET")
-        .arg(key)
-        .arg(value)
-        .arg("NX")
-        .arg("PX")
-        .arg(LOCK_TTL_MS)
-        .query_async(&mut con)
-        .await?;
-    Ok(ok.is_some())
 }
 
 /// Describes the current holder; also returns its exact value (for a take-over).
@@ -203,20 +191,9 @@ async fn busy_error(handle: &RedisHandle, key: &[u8]) -> Result<(EngineError, St
     ))
 }
 
-async fn release(handle: &RedisHandle, key: &[u8], value: &str) -> Result<bool> {
-    let mut con = handle.con.clone();
-    let done: i64 = lock_script()
-        .key(key)
-        .arg(value)
-        .arg("release")
-        .invoke_async(&mut con)
-        .await?;
-    Ok(done == 1)
-}
-
-async fn release_all(held: &[Held]) {
+async fn release_all(script: &Script, held: &[Held]) {
     for h in held {
-        if let Err(e) = release(&h.handle, &h.key, &h.value).await {
+        if let Err(e) = h.handle.lock_cas(script, &h.key, &h.value, None).await {
             tracing::warn!(error = %e, "could not release the janitor lock; it expires by itself");
         }
     }
@@ -225,21 +202,13 @@ async fn release_all(held: &[Held]) {
 /// Refreshes every held lock until aborted. A refresh that finds the lock gone or someone
 /// else's marks it lost; a Redis error is retried at the next beat (the TTL leaves room for
 /// several).
-async fn heartbeat(held: Arc<Vec<Held>>, lost: Arc<AtomicBool>) {
-    let script = lock_script();
+async fn heartbeat(script: Script, held: Arc<Vec<Held>>, lost: Arc<AtomicBool>) {
     loop {
         tokio::time::sleep(HEARTBEAT).await;
         for h in held.iter() {
-            let mut con = h.handle.con.clone();
-            let refreshed: redis::RedisResult<i64> = script
-                .key(&h.key)
-                .arg(&h.value)
-                .arg(LOCK_TTL_MS)
-                .invoke_async(&mut con)
-                .await;
-            match refreshed {
-                Ok(1) => {}
-                Ok(_) => {
+            match h.refresh(&script).await {
+                Ok(true) => {}
+                Ok(false) => {
                     tracing::error!(lock = %printable(&h.key), "the janitor lock was taken or deleted by someone else");
                     lost.store(true, Ordering::SeqCst);
                 }

@@ -38,9 +38,39 @@ impl Scripts {
             remove_list: checked_script!("remove_list_entries.lua"),
             remove_unacked: checked_script!("remove_unacked_entries.lua"),
             remove_results: checked_script!("remove_results.lua"),
-            restore: Script::new(include_str!("../lua/restore_entry.lua")),
+            restore: checked_script!("restore_entry.lua"),
             lock: Script::new(include_str!("../lua/lock.lua")),
         }
+    }
+}
+
+/// A script's `CJWRONGTYPE <i> <found> <expected>` error reply (see `../lua/checks.lua`), read
+/// against the keys the script was called with.
+pub(crate) struct WrongTypeReply {
+    /// KEYS[i] as printable text; `None` if the reply names no key of `keys`.
+    pub(crate) key: Option<String>,
+    pub(crate) found: String,
+    /// The expected types, "list or hash".
+    pub(crate) expected: String,
+}
+
+impl WrongTypeReply {
+    /// `None` unless `err` is a `CJWRONGTYPE` reply.
+    pub(crate) fn parse(err: &redis::RedisError, keys: &[&[u8]]) -> Option<Self> {
+        if err.code() != Some("CJWRONGTYPE") {
+            return None;
+        }
+        let mut parts = err.detail().unwrap_or_default().split_whitespace();
+        let key = parts
+            .next()
+            .and_then(|i| i.parse::<usize>().ok())
+            .filter(|i| (1..=keys.len()).contains(i))
+            .map(|i| crate::archive::printable(keys[i - 1]));
+        Some(WrongTypeReply {
+            key,
+            found: parts.next().unwrap_or("?").to_owned(),
+            expected: parts.next().unwrap_or("?").replace('|', " or "),
+        })
     }
 }
 
@@ -132,28 +162,34 @@ impl RedisHandle {
     /// Takes a lock with a random token (`SET NX PX`). Returns the token, or `None` if held.
     pub(crate) async fn try_lock(&self, key: &[u8], ttl_ms: u64) -> Result<Option<String>> {
         let token = uuid::Uuid::new_v4().simple().to_string();
+        Ok(self.lock_with(key, &token, ttl_ms).await?.then_some(token))
+    }
+
+    /// Takes a lock holding `value` (`SET NX PX`); false if it is held.
+    pub(crate) async fn lock_with(&self, key: &[u8], value: &str, ttl_ms: u64) -> Result<bool> {
         let mut con = self.con.clone();
         let ok: Option<String> = redis::cmd("SET")
             .arg(key)
-            .arg(&token)
+            .arg(value)
             .arg("NX")
             .arg("PX")
             .arg(ttl_ms)
             .query_async(&mut con)
             .await?;
-        Ok(ok.map(|_| token))
+        Ok(ok.is_some())
     }
 
     /// Refreshes (`Some(ttl)`) or releases (`None`) a lock held with `token`.
+    /// `lock_script` is `lock.lua` (`Scripts::lock`).
     pub(crate) async fn lock_cas(
         &self,
-        scripts: &Scripts,
+        lock_script: &Script,
         key: &[u8],
         token: &str,
         refresh: Option<u64>,
     ) -> Result<bool> {
         let mut con = self.con.clone();
-        let mut inv = scripts.lock.key(key);
+        let mut inv = lock_script.key(key);
         inv.arg(token);
         match refresh {
             Some(ttl) => inv.arg(ttl),

@@ -24,7 +24,7 @@ use crate::host::hostname;
 use crate::janitor::{Janitor, OwnKey};
 use crate::lock::RunLock;
 use crate::progress::Progress;
-use crate::redis_io::RedisHandle;
+use crate::redis_io::{RedisHandle, WrongTypeReply};
 use crate::runs::{RunCounts, RunOutcome, RunRecord};
 
 /// How long a set of restored archive ids is kept.
@@ -178,21 +178,14 @@ fn stream_record(id: String, fields: Vec<(String, Vec<u8>)>) -> Option<ArchiveRe
 
 /// A `CJWRONGTYPE`/`CJBADARG` reply of `restore_entry.lua`, with the key named.
 fn script_error(e: redis::RedisError, keys: &[&[u8]], archive_id: &str) -> EngineError {
-    let detail = e.detail().unwrap_or_default();
-    let mut parts = detail.split_whitespace();
-    let index = parts
-        .next()
-        .and_then(|i| i.parse::<usize>().ok())
-        .filter(|i| (1..=keys.len()).contains(i));
-    match (e.code(), index) {
-        (Some("CJWRONGTYPE"), Some(i)) => {
-            let found = parts.next().unwrap_or("?");
-            let expected = parts.next().unwrap_or("?").replace('|', " or ");
-            EngineError::Other(format!(
-                "cannot restore archive entry {archive_id}: key {} is a {found}, expected a {expected} (or no key); nothing was written for this entry",
-                printable(keys[i - 1])
-            ))
-        }
+    match WrongTypeReply::parse(&e, keys) {
+        Some(WrongTypeReply {
+            key: Some(key),
+            found,
+            expected,
+        }) => EngineError::Other(format!(
+            "cannot restore archive entry {archive_id}: key {key} is a {found}, expected a {expected} (or no key); nothing was written for this entry"
+        )),
         _ => EngineError::Other(format!("cannot restore archive entry {archive_id}: {e}")),
     }
 }
@@ -210,6 +203,7 @@ impl Janitor {
         // is "running", so the newest), and the messages put back would move under its feet.
         let id = uuid::Uuid::new_v4().simple().to_string();
         let lock = RunLock::take(
+            &self.scripts.lock,
             self.lock_handles(),
             &self.own_key(OwnKey::Lock),
             &format!("restore-{}", &id[..8]),

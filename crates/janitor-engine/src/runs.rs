@@ -160,11 +160,16 @@ impl Janitor {
     /// Writes the record of a run that starts now, outcome "running". Until the run ends, this
     /// is also the marker that its archive file may lack its last batch.
     pub(crate) async fn record_run_start(&self, run_id: &str, command: &str) -> Result<()> {
-        let record = RunRecord {
+        self.put_run(&self.new_record(run_id, command)).await
+    }
+
+    /// The record of a run of this process that starts now.
+    fn new_record(&self, run_id: &str, command: &str) -> RunRecord {
+        RunRecord {
             run_id: run_id.to_owned(),
             command: command.to_owned(),
             host: hostname(),
-            pid: std::process::id(),
+            pid: crate::host::pid(),
             started_at: Utc::now(),
             ended_at: None,
             archive_file: self
@@ -179,8 +184,7 @@ impl Janitor {
             error: None,
             file_synced: false,
             extra: serde_json::Map::new(),
-        };
-        self.put_run(&record).await
+        }
     }
 
     /// Writes the end of a run. A run that completed without changing anything leaves no
@@ -250,28 +254,17 @@ impl Janitor {
             .get(..16)
             .and_then(|t| chrono::NaiveDateTime::parse_from_str(t, "%Y%m%dT%H%M%SZ").ok())
             .map_or_else(Utc::now, |t| t.and_utc());
-        let mut extra = serde_json::Map::new();
-        extra.insert("recorded_by".into(), "restore".into());
-        let record = RunRecord {
-            run_id: run_id.to_owned(),
-            command: "unknown".into(),
-            host: if file_here { hostname() } else { String::new() },
-            pid: 0,
-            started_at,
-            ended_at: None,
-            archive_file: self
-                .audit
-                .archive_path(run_id)
-                .to_string_lossy()
-                .into_owned(),
-            outcome: RunOutcome::Other("unknown".into()),
-            removed,
-            archived,
-            lost_rows_marked: 0,
-            error: None,
-            file_synced: true,
-            extra,
-        };
+        let mut record = self.new_record(run_id, "unknown");
+        if !file_here {
+            record.host = String::new();
+        }
+        record.pid = 0;
+        record.started_at = started_at;
+        record.outcome = RunOutcome::Other("unknown".into());
+        record.removed = removed;
+        record.archived = archived;
+        record.file_synced = true;
+        record.extra.insert("recorded_by".into(), "restore".into());
         self.put_run(&record).await
     }
 
