@@ -33,7 +33,7 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,7 +48,6 @@ from support.celery_state import PRIORITY_STEPS, priority_key
 from support.janitor import Janitor, JanitorRun, scan_owner
 from support.redis_monitor import Command, RedisMonitor, ScriptCall, script_calls
 from support.waiting import wait_until
-from support.worker import CeleryWorker
 from support.world import ScannerWorld, fk_violations
 
 pytestmark = [pytest.mark.worker, pytest.mark.janitor]
@@ -275,19 +274,6 @@ class ScanProducer(threading.Thread):
         return self.published
 
 
-def prefork_worker(world: ScannerWorld, label: str, queues: Iterable[str]) -> CeleryWorker:
-    """A real worker, `--pool=prefork -c 2` with the default prefetch, owned by the world."""
-    w = CeleryWorker(
-        broker_url=world.redis_server.url,
-        database_url=world.database.url,
-        log_path=world.workdir / f"worker-{label}.log",
-        queues=tuple(queues),
-    )
-    w.argv = [a for a in w.argv if a != "--pool=solo"] + ["--pool=prefork", "--concurrency=2"]
-    world.workers.append(w)
-    return w.start()
-
-
 def test_cleanup_under_real_producer_and_worker(
     world: ScannerWorld, make_janitor: Callable[..., Janitor]
 ) -> None:
@@ -314,7 +300,7 @@ def test_cleanup_under_real_producer_and_worker(
     assert len(orphan_messages) == len(orphan_ids)
 
     # The worker is up before the run but consumes nothing of ours until told to.
-    worker = prefork_worker(world, "concurrent", queues=["idle"])
+    worker = world.prefork_worker("concurrent", queues=["idle"])
     worker.wait_ready(timeout=60)
     producer = ScanProducer(world, interval=0.004)
     producer.start()

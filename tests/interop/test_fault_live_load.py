@@ -39,7 +39,6 @@ from support.faults import (
     archived_entries,
     find_tombstones,
     janitor_with_grace,
-    prefork_worker,
 )
 from support.janitor import Janitor
 from support.waiting import wait_until
@@ -132,7 +131,7 @@ def test_live_producer_and_worker_through_repeated_cleanups(
         timeout=60,
         what="a backlog of 300 published tasks",
     )
-    worker = prefork_worker(world, "load", queues=["celery", "scans"])
+    worker = world.prefork_worker("load", queues=["celery", "scans"])
     reports: list[dict[str, Any]] = []
     tombstone_checks = 0
     queued_at_start: list[int] = []

@@ -32,6 +32,7 @@ GRACE = 1.0
 PAUSE_MS = 1800
 TOMBSTONE = b"celery-janitor:tombstone:"
 ARCHIVE = b"celery-janitor:archive"
+LOCK = b"celery-janitor:lock"
 
 
 def _run_with_a_late_commit(
@@ -95,6 +96,11 @@ def test_tasks_orphaned_does_not_list_a_task_read_late_whose_row_commits_within_
     )
     assert [r["task_id"] for r in run.expect_json()] == [gone_id]
     assert late_id in {e.task_id for e in world.entries()}
+
+
+def wait_for_the_lock(world: ScannerWorld) -> None:
+    """Until a janitor run started in the background holds the run lock."""
+    wait_until(lambda: world.redis.exists(LOCK) == 1, timeout=30, what="a run to take the lock")
 
 
 def _no_tombstone_anywhere(world: ScannerWorld) -> None:
@@ -208,11 +214,7 @@ def test_a_second_run_names_the_lock_holder(world: ScannerWorld, janitor: Janito
     world.scan(rows[0])
     world.delete_rows(rows)
     first = janitor.start("cleanup-orphaned", "--grace", "5", "--json")
-    wait_until(
-        lambda: world.redis.exists(b"celery-janitor:lock") == 1,
-        timeout=30,
-        what="the first run to take the lock",
-    )
+    wait_for_the_lock(world)
     ttl = world.redis.pttl(b"celery-janitor:lock")
     assert 0 < ttl <= 30_000
 
@@ -231,11 +233,7 @@ def test_a_lock_left_by_a_dead_process_can_be_taken_over(
     world.scan(rows[0])
     world.delete_rows(rows)
     victim = janitor.start("cleanup-orphaned", "--grace", "30")
-    wait_until(
-        lambda: world.redis.exists(b"celery-janitor:lock") == 1,
-        timeout=30,
-        what="the first run to take the lock",
-    )
+    wait_for_the_lock(world)
     victim.kill()
     victim.wait()
 
@@ -256,11 +254,7 @@ def test_the_lock_is_kept_alive_during_a_long_grace_wait(
     world.scan(rows[0])
     world.delete_rows(rows)
     proc = janitor.start("cleanup-orphaned", "--grace", "8", "--json")
-    wait_until(
-        lambda: world.redis.exists(b"celery-janitor:lock") == 1,
-        timeout=30,
-        what="the run to take the lock",
-    )
+    wait_for_the_lock(world)
     # Left alone it would now expire in 7 s; the heartbeat (every 5 s) sets it back to 30 s.
     world.redis.pexpire(b"celery-janitor:lock", 7000)
     time.sleep(6)
@@ -274,11 +268,7 @@ def _interrupt_during(world: ScannerWorld, janitor: Janitor, sig: int) -> Janito
         world.scan(r)
     world.delete_rows(rows)
     proc = janitor.start("cleanup-orphaned", "--grace", "30")
-    wait_until(
-        lambda: world.redis.exists(b"celery-janitor:lock") == 1,
-        timeout=30,
-        what="the run to take the lock",
-    )
+    wait_for_the_lock(world)
     time.sleep(0.5)
     proc.send_signal(sig)
     return janitor.finish(proc, timeout=30)
@@ -305,11 +295,7 @@ def test_losing_redis_mid_run_exits_3_and_says_the_run_was_partial(
     world.scan(rows[0])
     world.delete_rows(rows)
     proc = janitor.start("cleanup-orphaned", "--grace", "3")
-    wait_until(
-        lambda: world.redis.exists(b"celery-janitor:lock") == 1,
-        timeout=30,
-        what="the run to take the lock",
-    )
+    wait_for_the_lock(world)
     world.redis_server.stop()
 
     run = janitor.finish(proc, timeout=60)
@@ -326,11 +312,7 @@ def test_losing_the_database_mid_run_exits_4_and_changes_nothing(
     world.delete_rows(rows)
     before = world.snapshot()
     proc = janitor.start("cleanup-orphaned", "--grace", "3")
-    wait_until(
-        lambda: world.redis.exists(b"celery-janitor:lock") == 1,
-        timeout=30,
-        what="the run to take the lock",
-    )
+    wait_for_the_lock(world)
     time.sleep(0.5)  # into the grace wait: the re-check after it needs the database
     world.database.drop()
 
@@ -453,11 +435,7 @@ def test_restore_waits_for_a_running_cleanup(world: ScannerWorld, janitor: Janit
     assert janitor.run("cleanup-orphaned", "--grace", "0").returncode == 0
     world.delete_rows(rows[1:])
     running = janitor.start("cleanup-orphaned", "--grace", "5")
-    wait_until(
-        lambda: world.redis.exists(b"celery-janitor:lock") == 1,
-        timeout=30,
-        what="the cleanup to take the lock",
-    )
+    wait_for_the_lock(world)
     before = world.snapshot()
 
     refused = janitor.run("restore")

@@ -419,7 +419,8 @@ def test_existing_directories_keep_their_mode_and_init_force_makes_the_config_pr
 
 
 def restore_script() -> str:
-    return RESTORE_LUA.read_text()
+    """The script as the engine sends it: the shared checks (`checks.lua`) in front."""
+    return (RESTORE_LUA.parent / "checks.lua").read_text() + RESTORE_LUA.read_text()
 
 
 def eval_restore(client: redis.Redis, keys: list[bytes], argv: list[Any]) -> Any:

@@ -43,7 +43,6 @@ from .celery_state import RESULT_PREFIX, priority_key
 from .janitor import Janitor, scan_owner
 from .redis_monitor import Command, RedisMonitor
 from .servers import PostgresDatabase
-from .worker import CeleryWorker
 from .world import ScannerWorld
 
 TOMBSTONE = b"celery-janitor:tombstone:"
@@ -64,19 +63,6 @@ def janitor_with_grace(
         "owners": [scan_owner()],
     }
     return cast(Janitor, make_janitor(world, config=config))
-
-
-def prefork_worker(world: ScannerWorld, label: str, queues: Iterable[str]) -> CeleryWorker:
-    """A real worker, `--pool=prefork -c 2` with the default prefetch, owned by the world."""
-    w = CeleryWorker(
-        broker_url=world.redis_server.url,
-        database_url=world.database.url,
-        log_path=world.workdir / f"worker-{label}.log",
-        queues=tuple(queues),
-    )
-    w.argv = [a for a in w.argv if a != "--pool=solo"] + ["--pool=prefork", "--concurrency=2"]
-    world.workers.append(w)
-    return w.start()
 
 
 # -- reading Redis ---------------------------------------------------------------------------

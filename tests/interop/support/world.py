@@ -172,6 +172,18 @@ class ScannerWorld:
         self.workers.append(w)
         return w.start()
 
+    def prefork_worker(self, label: str, queues: Iterable[str]) -> CeleryWorker:
+        """A real worker, `--pool=prefork -c 2` with the default prefetch, owned by the world."""
+        w = CeleryWorker(
+            broker_url=self.redis_server.url,
+            database_url=self.database.url,
+            log_path=self.workdir / f"worker-{label}.log",
+            queues=tuple(queues),
+        )
+        w.argv = [a for a in w.argv if a != "--pool=solo"] + ["--pool=prefork", "--concurrency=2"]
+        self.workers.append(w)
+        return w.start()
+
     def run_until_done(
         self, label: str, task_ids: Iterable[str], *, timeout: float = 60, **options: Any
     ) -> CeleryWorker:
