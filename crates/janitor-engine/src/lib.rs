@@ -9,6 +9,7 @@ mod archive;
 mod cancel;
 mod classify;
 mod cleanup;
+mod context;
 mod error;
 mod host;
 mod janitor;
@@ -26,6 +27,7 @@ pub use archive::{
 };
 pub use cancel::Cancel;
 pub use classify::{Entry, Location, State};
+pub use context::RunCtx;
 pub use cleanup::{
     CleanupOptions, CleanupReport, ExpiredResultsReport, FullCleanupReport, LocationCounts,
     LostRowsReport, RevokeReport, SkipCounts,
