@@ -27,6 +27,7 @@ popper's record).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import re
@@ -118,14 +119,36 @@ class JanitorWatch:
         return c.client == self.client and c.name not in self.UNACKED_SCAN
 
 
+def value_key(raw: bytes) -> bytes:
+    """How a removal call names the value it targets: the SHA-1 and length of its exact bytes
+    (the engine's value spec `sha1:length:locator` without the locator)."""
+    return f"{hashlib.sha1(raw).hexdigest()}:{len(raw)}".encode()
+
+
+def split_spec(spec: bytes) -> tuple[bytes, str]:
+    """A value spec as (value_key, locator): the locator is the task id when the message holds
+    it as plain text."""
+    digest, length, locator = spec.split(b":", 2)
+    return digest + b":" + length, locator.decode()
+
+
 @dataclass
 class Removals:
-    """What the janitor's Lua calls were asked to remove, and what they removed, per location:
-    exact bytes for queue elements and `unacked` values, key names for results."""
+    """What the janitor's Lua calls were asked to remove, and what they removed, per location.
+    Targets of queue elements and `unacked` values are value keys (see `value_key`; the task id
+    each spec carried is in `locators`), of results key names; what was removed is the exact
+    bytes the scripts archived (key names for results)."""
 
     targets: dict[str, list[bytes]] = field(default_factory=dict)
     removed: dict[str, list[bytes]] = field(default_factory=dict)
+    locators: dict[bytes, str] = field(default_factory=dict)
     list_calls: int = 0
+
+    def add_targets(self, location: str, specs: list[bytes]) -> None:
+        for spec in specs:
+            key, locator = split_spec(spec)
+            self.targets.setdefault(location, []).append(key)
+            self.locators[key] = locator
 
     def count(self, what: str) -> dict[str, int]:
         # A target the per-call budget did not reach is sent again in the next call: count
@@ -151,7 +174,7 @@ def janitor_removals(commands: list[Command], client: str) -> Removals:
         xadds = [_xadd_fields(c) for c in call.inner if c.name == "xadd"]
         if len(keys) == 3 and argv[1:2] and argv[1].startswith(TOMBSTONE):
             out.list_calls += 1
-            out.targets.setdefault("queue", []).extend(argv[8::5])
+            out.add_targets("queue", argv[8::5])
             removed = [f[b"value"] for f in xadds if f[b"kind"] == b"queue"]
             out.removed.setdefault("queue", []).extend(removed)
             lsets = [c for c in call.inner if c.name == "lset"]
@@ -167,7 +190,7 @@ def janitor_removals(commands: list[Command], client: str) -> Removals:
             else:
                 assert not lrems
         elif len(keys) == 5 and keys[0].endswith(b"unacked"):
-            out.targets.setdefault("unacked", []).extend(argv[4::3])
+            out.add_targets("unacked", argv[4::3])
             out.removed.setdefault("unacked", []).extend(
                 f[b"value"] for f in xadds if f[b"kind"] == b"unacked"
             )
@@ -346,9 +369,7 @@ def test_cleanup_under_real_producer_and_worker(
     # it; what it found there when it read it again after the lists are orphans the worker
     # prefetched meanwhile (removed there and revoked).
     assert_counts_add_up(report, removals)
-    unacked_ids = {
-        str(json.loads(v)[0]["headers"]["id"]) for v in removals.targets.get("unacked", [])
-    }
+    unacked_ids = {removals.locators[v] for v in removals.targets.get("unacked", [])}
     assert unacked_ids <= orphan_ids, "a live task was taken out of unacked"
     assert removals.list_calls > 0
     assert set(removals.removed.get("queue", [])) <= orphan_messages
@@ -409,9 +430,10 @@ def test_cleanup_under_real_producer_and_worker(
     # `changed`, exactly: second sightings of removed messages + messages the worker took
     # between the scan and their removal (each of which the worker then ran).
     duplicates, gone = split_not_removed(
-        removals.targets.get("queue", []), removals.removed.get("queue", [])
+        removals.targets.get("queue", []),
+        [value_key(m) for m in removals.removed.get("queue", [])],
     )
-    taken_ids = {task_id_of(m) for m in gone}
+    taken_ids = {removals.locators[k] for k in gone}
     assert taken_ids <= set(failed) | discarded, "an orphan was neither removed nor run"
     assert discarded <= taken_ids, "only orphans the worker took are revoked"
     changed_results = report["found"]["result"] - report["removed"]["result"]
@@ -592,8 +614,10 @@ def test_cleanup_of_20k_list_under_raw_push_and_pop(
         old = [m for m in head_first[key] if m not in gone]
         assert final.get(key, []) == new + old, f"{key!r} is out of order or corrupted"
     # `changed` exactly: second sightings + messages popped between scan and removal.
-    duplicates, vanished = split_not_removed(removals.targets.get("queue", []), removed)
-    assert set(vanished) <= set(popped)
+    duplicates, vanished = split_not_removed(
+        removals.targets.get("queue", []), [value_key(m) for m in removed]
+    )
+    assert set(vanished) <= {value_key(m) for m in popped}
     assert report["skipped"]["changed"] == len(duplicates) + len(vanished)
     assert report["removed"]["queue"] + len(set(popped) & orphans) == len(orphans)
     print(

@@ -11,6 +11,7 @@ stream and the janitor's own keys included.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import cast
@@ -31,6 +32,12 @@ META = b'{"run_id":"test"}'
 
 def script(name: str) -> str:
     return CHECKS + (LUA / name).read_text()
+
+
+def spec(value: bytes) -> bytes:
+    """What the engine sends a script instead of a value's bytes (see `spec.rs`): the SHA-1 of
+    the exact bytes, their length, and an (empty) locator."""
+    return f"{hashlib.sha1(value).hexdigest()}:{len(value)}:".encode()
 
 
 @pytest.fixture
@@ -62,19 +69,19 @@ def state(world: ScannerWorld) -> Iterator[dict[str, bytes]]:
 def list_call(s: dict[str, bytes]) -> tuple[str, list[bytes], list[bytes]]:
     keys = [b"celery", ARCHIVE, LOCK]
     args = [TOKEN, b"celery-janitor:tombstone:x", b"20000", b"33554432", b"100000"]
-    args += [b"0", b"0", b"0", s["message"], META]
+    args += [b"0", b"0", b"0", spec(s["message"]), META]
     return script("remove_list_entries.lua"), keys, args
 
 
 def unacked_call(s: dict[str, bytes]) -> tuple[str, list[bytes], list[bytes]]:
     keys = [b"unacked", b"unacked_index", b"unacked_mutex", ARCHIVE, LOCK]
-    args = [TOKEN, b"mutex-token", b"100000", s["tag"], s["entry"], META]
+    args = [TOKEN, b"mutex-token", b"100000", s["tag"], spec(s["entry"]), META]
     return script("remove_unacked_entries.lua"), keys, args
 
 
 def results_call(s: dict[str, bytes]) -> tuple[str, list[bytes], list[bytes]]:
     keys = [ARCHIVE, LOCK, s["result_key"]]
-    args = [TOKEN, b"100000", s["result"], META]
+    args = [TOKEN, b"100000", spec(s["result"]), META]
     return script("remove_results.lua"), keys, args
 
 
@@ -208,7 +215,7 @@ def test_two_identical_messages_are_two_removals(
     r = world.redis
     r.rpush(b"celery", state["message"])
     text, keys, args = list_call(state)
-    args += [b"1", b"0", b"0", state["message"], META]
+    args += [b"1", b"0", b"0", spec(state["message"]), META]
     reply = call(r, text, keys, args)
     assert isinstance(reply, list)
     assert reply[0] and reply[2], reply
@@ -255,7 +262,7 @@ def test_a_message_moved_away_from_the_tail_by_rpush_is_still_found(
     for _ in range(50):
         keys = [b"celery", ARCHIVE, LOCK]
         args = [TOKEN, b"celery-janitor:tombstone:x", str(budget).encode(), b"33554432"]
-        args += [b"100000", str(dr).encode(), p, str(target_index).encode(), target, META]
+        args += [b"100000", str(dr).encode(), p, str(target_index).encode(), spec(target), META]
         answer = call(r, text, keys, args)
         assert isinstance(answer, list) and len(answer) == 2, answer
         reply = answer
@@ -318,7 +325,7 @@ def test_removal_over_many_small_calls_under_push_and_pop_leaves_no_orphan(
             args += [str(rng.choice([5, 30, 120])).encode(), b"33554432", b"100000"]
             for (index, length, raw), p in chunk:
                 args += [str(length - 1 - index - removed_count).encode(), str(p).encode()]
-                args += [str(index).encode(), raw, META]
+                args += [str(index).encode(), spec(raw), META]
             before = Counter(cast("list[bytes]", r.lrange(b"celery", 0, -1)))
             reply = call(r, text, [b"celery", ARCHIVE, LOCK], args)
             assert isinstance(reply, list) and len(reply) == 2 * len(chunk), reply

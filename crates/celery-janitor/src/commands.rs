@@ -2,7 +2,9 @@
 
 use anyhow::{Context, Result};
 use janitor_config::{Flags, Settings};
-use janitor_engine::{Cancel, CleanupOptions, Janitor, RestoreOptions, State};
+use janitor_engine::{
+    Cancel, CleanupOptions, Janitor, PlanOptions, ReadOptions, RestoreOptions, RunCtx, State,
+};
 
 use crate::cli::{Cli, Command};
 use crate::exit::Code;
@@ -74,8 +76,8 @@ async fn dispatch(settings: Settings, command: Command, quiet: bool) -> Result<C
     match command {
         Command::Status { json, .. } => {
             let bar = Bar::new(!json && !quiet);
-            let grace = janitor.settings().grace_seconds;
-            let report = janitor.status(grace, &bar).await?;
+            let cx = RunCtx::new(&bar, Cancel::new());
+            let report = janitor.status(&ReadOptions::default(), &cx).await?;
             output::status(&report, janitor.settings(), json)?;
         }
         Command::Tasks {
@@ -100,13 +102,15 @@ async fn dispatch(settings: Settings, command: Command, quiet: bool) -> Result<C
         Command::CleanupOrphaned { opts } => {
             let bar = Bar::new(!opts.json && !quiet);
             let options = CleanupOptions {
+                plan: PlanOptions {
+                    grace_seconds: opts.grace,
+                    ..PlanOptions::orphans()
+                },
                 dry_run: opts.dry_run,
-                grace_seconds: opts.grace,
-                max_age_hours: None,
                 take_over_lock: opts.take_over_lock,
-                cancel: cancel_on_signals(),
             };
-            let report = janitor.cleanup_orphans(&options, &bar).await?;
+            let cx = RunCtx::new(&bar, cancel_on_signals());
+            let report = janitor.cleanup(&options, &cx).await?.orphans;
             tracing::info!(run_id = %report.run_id, removed = report.removed.total(), "cleanup-orphaned done");
             output::cleanup(&report, opts.json)?;
         }
@@ -116,13 +120,16 @@ async fn dispatch(settings: Settings, command: Command, quiet: bool) -> Result<C
         } => {
             let bar = Bar::new(!opts.json && !quiet);
             let options = CleanupOptions {
+                plan: PlanOptions {
+                    grace_seconds: opts.grace,
+                    max_age_hours,
+                    ..PlanOptions::full()
+                },
                 dry_run: opts.dry_run,
-                grace_seconds: opts.grace,
-                max_age_hours,
                 take_over_lock: opts.take_over_lock,
-                cancel: cancel_on_signals(),
             };
-            let report = janitor.full_cleanup(&options, &bar).await?;
+            let cx = RunCtx::new(&bar, cancel_on_signals());
+            let report = janitor.cleanup(&options, &cx).await?;
             tracing::info!(run_id = %report.run_id, "full-cleanup done");
             output::full_cleanup(&report, opts.json)?;
         }
@@ -144,7 +151,9 @@ async fn dispatch(settings: Settings, command: Command, quiet: bool) -> Result<C
                 dry_run,
                 take_over_lock,
             };
-            let report = janitor.restore(&options, &bar).await?;
+            let report = janitor
+                .restore(&options, &RunCtx::new(&bar, Cancel::new()))
+                .await?;
             output::restore(&report, json)?;
             for warning in &report.warnings {
                 eprintln!("celery-janitor: warning: {warning}");

@@ -9,6 +9,11 @@
 --   CJWRONGTYPE <i> <type found> <types expected, |-separated>
 --   CJBADARG <i> <why>
 --   LOCKLOST ...
+--
+-- The engine never holds the bytes of what it plans to remove, only a spec of them (see
+-- `cj_spec`): the SHA-1 of the exact bytes, their length, and a locator (the task id when it
+-- appears as plain text in the bytes, else empty). `cj_is` compares a value with a spec
+-- exactly: cheap tests first, the digest last.
 
 -- The type of KEYS[i] ('none' when missing); fails unless it is missing or one of `allowed`.
 local function cj_expect(i, allowed)
@@ -34,6 +39,26 @@ local function cj_number(i, integer)
     error('CJBADARG ' .. i .. ' not an integer', 0)
   end
   return n
+end
+
+-- ARGV[i] as a spec `<sha1 hex>:<length>:<locator>`; fails if it is not one.
+local function cj_spec(i)
+  local digest, len, locator = string.match(ARGV[i], '^(%x+):(%d+):(.*)$')
+  if digest == nil or #digest ~= 40 then
+    error('CJBADARG ' .. i .. ' not a value spec (sha1:length:locator)', 0)
+  end
+  return {digest = string.lower(digest), len = tonumber(len), locator = locator}
+end
+
+-- Whether `value` is exactly the bytes `spec` stands for.
+local function cj_is(value, spec)
+  if type(value) ~= 'string' or #value ~= spec.len then
+    return false
+  end
+  if spec.locator ~= '' and string.find(value, spec.locator, 1, true) == nil then
+    return false
+  end
+  return redis.sha1hex(value) == spec.digest
 end
 
 -- Fails unless the argument list is `head` fixed values then whole groups of `group`.

@@ -3,7 +3,8 @@
 -- Where a message is now: producers LPUSH at the head and consumers pop from the tail (BRPOP),
 -- so a message read at distance `dr` from the tail is usually at `LLEN - 1 - dr + p`, where
 -- `p` >= 0 counts the messages popped since it was read. The search probes that spot first,
--- then walks towards the tail in growing chunks, comparing exact bytes (phase 1).
+-- then walks towards the tail in growing chunks, comparing each element with the target's spec
+-- (length, locator, SHA-1 of the exact bytes; see checks.lua) (phase 1).
 -- But RPUSHes at the tail (kombu puts unacked messages back there on a worker's warm shutdown
 -- or visibility sweep; `celery-janitor restore` does too) move a message away from the tail.
 -- Its index from the head, though, only ever grows (LPUSH), so if phase 1 reaches the tail
@@ -27,7 +28,8 @@
 -- ARGV[5]: archive MAXLEN (approximate)
 -- ARGV[6+5i .. 10+5i], tail first: dr (distance from the tail when read, less this run's
 --   removals nearer the tail), p (where to resume: pops to try first, or -1 - position to go on
---   with phase 2 from), lo (index from the head when read), exact bytes, archive metadata (JSON)
+--   with phase 2 from), lo (index from the head when read), spec of the exact bytes
+--   (`sha1:length:locator`), archive metadata (JSON)
 -- Errors (nothing written): CJWRONGTYPE, CJBADARG, LOCKLOST, CJARCHIVE (see checks.lua).
 -- Returns two values per target: the archive id, 'resume' (budget spent before it was reached)
 -- or false (gone); and where it was found (pops, for phase-1 finds) or where the search stopped
@@ -45,6 +47,7 @@ local failed = cj_check(function()
     cj_number(i, true)
     cj_number(i + 1, true)
     cj_number(i + 2, true)
+    cj_spec(i + 3)
   end
 end)
 if failed then
@@ -55,6 +58,9 @@ local len = redis.call('LLEN', KEYS[1])
 local elements = tonumber(ARGV[3])
 local bytes = tonumber(ARGV[4])
 local results = {}
+-- Hashing an element costs more than comparing its length: it counts this many times its size
+-- against the byte budget.
+local HASH_COST = 8
 -- Found targets: list position, the index of their result pair, the archive fields.
 local found_at, slots, items = {}, {}, {}
 -- Positions already matched by this call: two byte-identical targets must match two messages.
@@ -63,11 +69,24 @@ local claimed = {}
 -- pops have happened since, and the previous phase-1 find is a lower bound for this one.
 local carry = 0
 
--- Compares `want` with positions from..to (inclusive) in growing chunks. Returns the position
--- found (or nil) and the first position not compared (to + 1 when the range was done).
-local function walk(want, from, to)
+-- Whether element `value` is target `t` (exact bytes), charging the hashing to the budget.
+local function is_target(value, t)
+  local spec = t.spec
+  if #value ~= spec.len then
+    return false
+  end
+  if spec.locator ~= '' and string.find(value, spec.locator, 1, true) == nil then
+    return false
+  end
+  bytes = bytes - HASH_COST * #value
+  return redis.sha1hex(value) == spec.digest
+end
+
+-- Compares target `t` with positions from..to (inclusive) in growing chunks. Returns the
+-- position found (or nil) and the first position not compared (to + 1 when the range was done).
+local function walk(t, from, to)
   local step = 1
-  local max_step = math.max(1, math.min(256, math.floor(4194304 / math.max(1, #want))))
+  local max_step = math.max(1, math.min(256, math.floor(4194304 / math.max(1, t.spec.len))))
   while from <= to and elements > 0 and bytes > 0 do
     local last = math.min(to, from + step - 1)
     local chunk = redis.call('LRANGE', KEYS[1], from, last)
@@ -77,7 +96,8 @@ local function walk(want, from, to)
     for j = 1, #chunk do
       elements = elements - 1
       bytes = bytes - #chunk[j]
-      if chunk[j] == want and not claimed[from + j - 1] then
+      if not claimed[from + j - 1] and is_target(chunk[j], t) then
+        t.value = chunk[j]
         return from + j - 1, from + j
       end
     end
@@ -99,7 +119,7 @@ local targets, missed = {}, {}
 for i = 6, #ARGV, 5 do
   local t = {
     dr = tonumber(ARGV[i]), lo = math.max(0, tonumber(ARGV[i + 2])),
-    want = ARGV[i + 3], meta = ARGV[i + 4], slot = #results + 1,
+    spec = cj_spec(i + 3), meta = ARGV[i + 4], slot = #results + 1,
   }
   targets[#targets + 1] = t
   local p = tonumber(ARGV[i + 1])
@@ -111,7 +131,7 @@ for i = 6, #ARGV, 5 do
     if p < -base then p = -base end
     if p < 0 then p = 0 end
     local start = base + p
-    local found, reached = walk(t.want, start, len - 1)
+    local found, reached = walk(t, start, len - 1)
     if found ~= nil then
       carry = found - base
       found_it(t, found, found - base)
@@ -133,15 +153,16 @@ for i = 6, #ARGV, 5 do
 end
 
 -- Phase 2: one walk from the lowest head index to the highest end of the missed targets'
--- ranges, looking every element up among their exact bytes at once.
+-- ranges, looking every element up among all their specs at once: by length, then (for an
+-- element of a length some target has) by digest, hashing each such element once.
 local wanted, from, to, longest = {}, nil, -1, 1
 for _, t in ipairs(missed) do
   if t.from <= t.to then
-    if #t.want > longest then longest = #t.want end
-    local bucket = wanted[t.want]
+    if t.spec.len > longest then longest = t.spec.len end
+    local bucket = wanted[t.spec.len]
     if bucket == nil then
       bucket = {}
-      wanted[t.want] = bucket
+      wanted[t.spec.len] = bucket
     end
     bucket[#bucket + 1] = t
     if from == nil or t.from < from then from = t.from end
@@ -162,10 +183,13 @@ if from ~= nil then
       local pos = reached + j - 1
       elements = elements - 1
       bytes = bytes - #chunk[j]
-      local bucket = wanted[chunk[j]]
+      local bucket = wanted[#chunk[j]]
       if bucket ~= nil and not claimed[pos] then
+        bytes = bytes - HASH_COST * #chunk[j]
+        local digest = redis.sha1hex(chunk[j])
         for _, t in ipairs(bucket) do
-          if not t.found and t.from <= pos and pos <= t.to then
+          if not t.found and t.from <= pos and pos <= t.to and t.spec.digest == digest then
+            t.value = chunk[j]
             found_it(t, pos, pos - (len - 1 - t.dr))
             break
           end
@@ -200,7 +224,7 @@ for _, t in ipairs(targets) do
     results[t.slot + 1] = -1 - t.pos
   elseif t.found then
     found_at[#found_at + 1] = t.pos
-    items[#items + 1] = {'kind', 'queue', 'key', KEYS[1], 'value', t.want, 'meta', t.meta}
+    items[#items + 1] = {'kind', 'queue', 'key', KEYS[1], 'value', t.value, 'meta', t.meta}
     slots[#slots + 1] = t.slot
   end
 end

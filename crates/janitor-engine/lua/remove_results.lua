@@ -3,7 +3,8 @@
 --
 -- KEYS[1]: the archive stream   KEYS[2]: the janitor lock   KEYS[3..]: result keys
 -- ARGV[1]: janitor lock token   ARGV[2]: archive MAXLEN
--- ARGV[3+2i], ARGV[4+2i]: exact value and archive metadata (JSON) of KEYS[3+i]
+-- ARGV[3+2i], ARGV[4+2i]: spec of the exact value (`sha1:length:locator`, see checks.lua) and
+--   archive metadata (JSON) of KEYS[3+i]
 -- Errors (nothing written): CJWRONGTYPE, CJBADARG, LOCKLOST, CJARCHIVE (see checks.lua).
 -- Returns two results per key: archive id (or false when the key is gone, changed or not a
 -- string) and its PTTL when removed.
@@ -16,6 +17,9 @@ local failed = cj_check(function()
   cj_lock(2, ARGV[1])
   cj_expect(1, {'stream'})
   cj_number(2, true)
+  for i = 3, #ARGV, 2 do
+    cj_spec(i)
+  end
 end)
 if failed then
   return failed
@@ -25,10 +29,11 @@ local results, doomed, items = {}, {}, {}
 for k = 3, #KEYS do
   local i = 3 + (k - 3) * 2
   -- A key that is no longer a string is not the result that was classified: left alone.
-  if redis.call('TYPE', KEYS[k])['ok'] == 'string' and redis.call('GET', KEYS[k]) == ARGV[i] then
+  local value = redis.call('TYPE', KEYS[k])['ok'] == 'string' and redis.call('GET', KEYS[k])
+  if value and cj_is(value, cj_spec(i)) then
     local pttl = redis.call('PTTL', KEYS[k])
     doomed[#doomed + 1] = {k, #results + 1}
-    items[#items + 1] = {'kind', 'result', 'key', KEYS[k], 'pttl', pttl, 'value', ARGV[i],
+    items[#items + 1] = {'kind', 'result', 'key', KEYS[k], 'pttl', pttl, 'value', value,
       'meta', ARGV[i + 1]}
     results[#results + 1] = false
     results[#results + 1] = pttl

@@ -5,7 +5,8 @@
 -- KEYS[1]: unacked (hash)      KEYS[2]: unacked_index (zset)   KEYS[3]: unacked_mutex
 -- KEYS[4]: the archive stream  KEYS[5]: the janitor lock
 -- ARGV[1]: janitor lock token  ARGV[2]: unacked_mutex token   ARGV[3]: archive MAXLEN
--- ARGV[4+3i], ARGV[5+3i], ARGV[6+3i]: delivery tag, exact value, archive metadata (JSON)
+-- ARGV[4+3i], ARGV[5+3i], ARGV[6+3i]: delivery tag, spec of the exact value
+--   (`sha1:length:locator`, see checks.lua), archive metadata (JSON)
 -- Errors (nothing written): CJWRONGTYPE, CJBADARG, LOCKLOST, MUTEXLOST, CJARCHIVE.
 -- Returns two results per entry: archive id (or false when the value is gone or changed) and
 -- the entry's unacked_index score (or '').
@@ -18,6 +19,9 @@ local failed = cj_check(function()
   cj_expect(3, {'string'})
   cj_expect(4, {'stream'})
   cj_number(3, true)
+  for i = 5, #ARGV, 3 do
+    cj_spec(i)
+  end
   if redis.call('GET', KEYS[3]) ~= ARGV[2] then
     error('MUTEXLOST unacked_mutex is not held by this run', 0)
   end
@@ -29,12 +33,12 @@ end
 local results, doomed, items = {}, {}, {}
 for i = 4, #ARGV, 3 do
   local tag = ARGV[i]
-  local want = ARGV[i + 1]
-  if redis.call('HGET', KEYS[1], tag) == want then
+  local value = redis.call('HGET', KEYS[1], tag)
+  if cj_is(value, cj_spec(i + 1)) then
     local score = redis.call('ZSCORE', KEYS[2], tag) or ''
     doomed[#doomed + 1] = {tag, #results + 1}
     items[#items + 1] = {'kind', 'unacked', 'key', KEYS[1], 'index_key', KEYS[2], 'field', tag,
-      'score', score, 'value', want, 'meta', ARGV[i + 2]}
+      'score', score, 'value', value, 'meta', ARGV[i + 2]}
     results[#results + 1] = false
     results[#results + 1] = score
   else

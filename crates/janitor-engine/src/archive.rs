@@ -11,7 +11,7 @@
 //! A crash can still leave an archive file short or with a torn last line: readers skip
 //! unreadable lines and duplicate archive ids, and `runs.rs` completes the file from the stream.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -45,7 +45,7 @@ pub(crate) fn b64(bytes: &[u8]) -> String {
 pub(crate) fn unb64(text: &str) -> Result<Vec<u8>> {
     base64::engine::general_purpose::STANDARD
         .decode(text)
-        .map_err(|e| EngineError::Other(format!("archive record is not valid base64: {e}")))
+        .map_err(EngineError::from)
 }
 
 /// One removed entry, as kept in the archive file. Bytes are base64.
@@ -70,6 +70,71 @@ pub struct ArchiveRecord {
     pub owner_id: Option<String>,
     pub reason: String,
     pub removed_at: String,
+}
+
+/// The field names of an archive-stream entry, as the removal scripts write them with XADD
+/// (`../lua/remove_*.lua`) and `restore` reads them. `meta` is the JSON of [`stream_meta`].
+pub(crate) mod stream_fields {
+    pub(crate) const KIND: &str = "kind";
+    pub(crate) const KEY: &str = "key";
+    pub(crate) const VALUE: &str = "value";
+    pub(crate) const FIELD: &str = "field";
+    pub(crate) const INDEX_KEY: &str = "index_key";
+    pub(crate) const SCORE: &str = "score";
+    pub(crate) const PTTL: &str = "pttl";
+    pub(crate) const META: &str = "meta";
+}
+
+/// One XRANGE entry: its id and field/value pairs.
+pub(crate) type StreamEntry = (String, Vec<(String, Vec<u8>)>);
+
+fn field<'a>(map: &'a BTreeMap<String, Vec<u8>>, k: &str) -> &'a [u8] {
+    map.get(k).map(Vec::as_slice).unwrap_or_default()
+}
+
+/// Turns an archive-stream entry into the record the archive file would hold for it.
+pub(crate) fn stream_record(id: String, fields: Vec<(String, Vec<u8>)>) -> Option<ArchiveRecord> {
+    let map: BTreeMap<String, Vec<u8>> = fields.into_iter().collect();
+    let meta: serde_json::Value =
+        serde_json::from_slice(field(&map, stream_fields::META)).unwrap_or_default();
+    let text = |k: &str| meta.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+    let location = match field(&map, stream_fields::KIND) {
+        b"queue" => Location::Queue,
+        b"unacked" => Location::Unacked,
+        b"result" => Location::Result,
+        _ => return None,
+    };
+    let unacked = location == Location::Unacked;
+    let score = String::from_utf8_lossy(field(&map, stream_fields::SCORE)).into_owned();
+    Some(ArchiveRecord {
+        archive_id: id,
+        run_id: text("run_id").unwrap_or_default(),
+        // Results are removed from the backend, everything else from the broker.
+        redis: if location == Location::Result {
+            "backend"
+        } else {
+            "broker"
+        }
+        .to_owned(),
+        location,
+        key_b64: b64(field(&map, stream_fields::KEY)),
+        value_b64: b64(field(&map, stream_fields::VALUE)),
+        field_b64: unacked.then(|| b64(field(&map, stream_fields::FIELD))),
+        index_key_b64: unacked.then(|| b64(field(&map, stream_fields::INDEX_KEY))),
+        score: Some(score).filter(|s| !s.is_empty()),
+        pttl: (location == Location::Result).then(|| {
+            std::str::from_utf8(field(&map, stream_fields::PTTL))
+                .ok()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(-1)
+        }),
+        task_id: text("task_id"),
+        task_name: text("task_name"),
+        owner_table: text("owner_table"),
+        owner_id: text("owner_id"),
+        reason: text("reason").unwrap_or_default(),
+        removed_at: text("removed_at").unwrap_or_default(),
+    })
 }
 
 /// The metadata stored with each archived entry in the Redis stream.
@@ -251,6 +316,11 @@ impl AuditLog {
     }
 
     /// Where the archive file of `run_id` is (absolute when the current directory is known).
+    /// Appends one audit event.
+    pub(crate) fn record(&self, event: &crate::audit::AuditEvent<'_>) -> Result<()> {
+        self.event(serde_json::to_value(event).expect("serializable"))
+    }
+
     pub fn archive_path(&self, run_id: &str) -> PathBuf {
         let path = self.archive_dir.join(format!("{run_id}.jsonl"));
         std::path::absolute(&path).unwrap_or(path)

@@ -10,6 +10,8 @@ use janitor_wire::{Envelope, ResultValue, UnackedEntry};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::spec::ValueSpec;
+
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize, PartialOrd, Ord,
 )]
@@ -85,6 +87,8 @@ pub struct Entry {
     pub(crate) owner_rule: Option<usize>,
     /// When the scan read this entry: an orphan is confirmed only `grace_seconds` after it.
     pub(crate) read_at: Option<std::time::Instant>,
+    /// What a plan keeps of `raw` once it drops the bytes (see [`Entry::keep_spec_only`]).
+    pub(crate) spec: Option<ValueSpec>,
 }
 
 impl Entry {
@@ -109,6 +113,7 @@ impl Entry {
             pttl: None,
             owner_rule: None,
             read_at: None,
+            spec: None,
         }
     }
 
@@ -134,6 +139,21 @@ impl Entry {
             (Some(rule), Some(id), true) => Some((rule, id.as_str())),
             _ => None,
         }
+    }
+
+    /// Replaces the bytes with their spec: a plan holds entries without their bytes.
+    pub(crate) fn keep_spec_only(&mut self) {
+        if self.spec.is_none() {
+            self.spec = Some(ValueSpec::of(&self.raw, self.task_id.as_deref()));
+        }
+        self.raw = Vec::new();
+    }
+
+    /// The spec of the bytes as read, which the removal scripts compare with.
+    pub fn value_spec(&self) -> ValueSpec {
+        self.spec
+            .clone()
+            .unwrap_or_else(|| ValueSpec::of(&self.raw, self.task_id.as_deref()))
     }
 
     /// Whether this entry means work is still queued or running for its owner row.

@@ -4,6 +4,7 @@
 use crate::lock::Holder;
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum EngineError {
     #[error("cannot connect to Redis at {url}: {message}")]
     RedisUnavailable { url: String, message: String },
@@ -58,8 +59,24 @@ pub enum EngineError {
         context: String,
         source: std::io::Error,
     },
-    #[error("{0}")]
-    Other(String),
+    #[error("{script} answered {got} values for {} entries (expected {expected}); stopped", .expected / 2)]
+    ScriptReply {
+        script: &'static str,
+        got: usize,
+        expected: usize,
+    },
+    #[error("kombu's unacked_mutex was lost during a removal (a worker's restore sweep took it after it expired); stopped before changing anything else")]
+    MutexLost,
+    #[error("cannot restore archive entry {archive_id}: {message}")]
+    Restore { archive_id: String, message: String },
+    #[error("cannot update the run record {key}: {message}")]
+    RunRecord { key: String, message: String },
+    #[error("cannot read the archive stream {key}: {message}")]
+    ArchiveStream { key: String, message: String },
+    #[error("archive record is not valid base64: {0}")]
+    ArchiveEncoding(#[from] base64::DecodeError),
+    #[error("bad list cursor {cursor:?}: {why}")]
+    BadCursor { cursor: String, why: String },
 }
 
 fn describe_busy(key: &str, holder: &Option<Box<Holder>>, expires_in_ms: Option<i64>) -> String {
@@ -125,6 +142,20 @@ impl EngineError {
                 e.is_io_error()
                     || e.is_connection_dropped()
                     || e.is_connection_refusal()
+                    || e.is_timeout()
+                    || e.is_unrecoverable_error()
+            }
+            _ => false,
+        }
+    }
+
+    /// A script call failed without an answer from the script (the connection broke or timed
+    /// out): Redis may have run it.
+    pub fn reply_lost(&self) -> bool {
+        match self {
+            EngineError::Redis(e) => {
+                e.is_io_error()
+                    || e.is_connection_dropped()
                     || e.is_timeout()
                     || e.is_unrecoverable_error()
             }

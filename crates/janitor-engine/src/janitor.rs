@@ -10,11 +10,13 @@ use serde::Serialize;
 use crate::archive::AuditLog;
 use crate::cancel::Cancel;
 use crate::classify::{Entry, Location, State};
+use crate::context::RunCtx;
 use crate::error::{EngineError, Result};
 use crate::owners_db::OwnerDb;
 use crate::progress::Progress;
-use crate::redis_io::{RedisHandle, Scripts};
+use crate::redis_io::RedisHandle;
 use crate::scan::{ScanCtx, WrongTypeKeys};
+use crate::scripts::Scripts;
 use crate::OWN_KEY_PREFIX;
 
 /// celery-janitor's own Redis keys, each named here once (docs/cli.md, "What it writes").
@@ -37,6 +39,16 @@ pub(crate) enum OwnKey<'a> {
 /// The prefix of the value a list-removal script writes over a message before removing it.
 pub(crate) const TOMBSTONE_PREFIX: &str = "celery-janitor:tombstone:";
 
+/// Options of the read-only operations.
+#[derive(Debug, Clone, Default)]
+pub struct ReadOptions {
+    /// Overrides the settings' `grace_seconds`: orphans are confirmed this long after they
+    /// were read.
+    pub grace_seconds: Option<f64>,
+}
+
+/// The connected engine: broker, result backend, owner database, scripts and the audit sink.
+/// `Send + Sync`: share it as an `Arc` between requests.
 pub struct Janitor {
     pub(crate) settings: Settings,
     pub(crate) broker: RedisHandle,
@@ -194,11 +206,9 @@ impl Janitor {
 
     /// Counts every entry by state and location, and the owner rows. Orphans are confirmed
     /// as in a cleanup: still missing `grace_seconds` after the scan read them.
-    pub async fn status(
-        &self,
-        grace_seconds: f64,
-        progress: &dyn Progress,
-    ) -> Result<StatusReport> {
+    pub async fn status(&self, o: &ReadOptions, cx: &RunCtx<'_>) -> Result<StatusReport> {
+        let grace_seconds = o.grace_seconds.unwrap_or(self.settings.grace_seconds);
+        let progress = cx.progress;
         let redis = self.redis_info().await?;
         let mut tasks = TaskCounts::zeroed();
         let mut results = ResultCounts::default();

@@ -5,22 +5,33 @@
 //! The binary, the HTTP server and the Python package all drive this crate through
 //! [`Janitor`]; none of them talks to Redis or the database directly.
 
+// The flow, in module order: `janitor` connects; `scan` reads Redis and `classify` says what
+// each entry is, asking `owners_db`; `plan` collects what to do; `apply` does it through
+// `scripts` (the Lua), under `lock`, writing `archive` and `audit`; `revoke` tells workers;
+// `runs` records each run; `restore` undoes one.
+mod apply;
 mod archive;
+mod audit;
 mod cancel;
 mod classify;
-mod cleanup;
 mod context;
 mod error;
 mod host;
 mod janitor;
 mod lock;
 mod owners_db;
+mod plan;
 mod progress;
 mod redis_io;
+mod reports;
 mod restore;
+mod revoke;
 mod runs;
 mod scan;
+mod scripts;
+mod spec;
 
+pub use apply::{CleanupOptions, Run};
 pub use archive::{
     create_private_dir_all, open_private_append, printable, write_private_file, ArchiveFile,
     ArchiveRecord, AuditLog,
@@ -28,17 +39,19 @@ pub use archive::{
 pub use cancel::Cancel;
 pub use classify::{Entry, Location, State};
 pub use context::RunCtx;
-pub use cleanup::{
-    CleanupOptions, CleanupReport, ExpiredResultsReport, FullCleanupReport, LocationCounts,
-    LostRowsReport, RevokeReport, SkipCounts,
-};
 pub use error::EngineError;
-pub use janitor::{Janitor, RedisInfo, ResultCounts, StatusReport, TaskCounts};
+pub use janitor::{Janitor, ReadOptions, RedisInfo, ResultCounts, StatusReport, TaskCounts};
 pub use lock::Holder;
+pub use plan::{CleanupPlan, LostRows, PlanOptions};
 pub use progress::{NoProgress, Progress};
+pub use reports::{
+    CleanupReport, ExpiredResultsReport, FullCleanupReport, LocationCounts, LostRowsReport,
+    RevokeReport, SkipCounts,
+};
 pub use restore::{RestoreOptions, RestoreReport, RestoreSource};
-pub use runs::{RunCounts, RunEnd, RunOutcome, RunRecord, RUNS_KEPT};
+pub use runs::{RunEnd, RunOutcome, RunRecord, RUNS_KEPT};
 pub use scan::{ScanFilter, WrongTypeKey, WrongTypeKeys};
+pub use spec::ValueSpec;
 
 /// Prefix of every key celery-janitor itself writes (after the broker's `global_keyprefix`).
 pub const OWN_KEY_PREFIX: &str = "celery-janitor:";

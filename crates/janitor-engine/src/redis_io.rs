@@ -1,5 +1,5 @@
 //! Redis connections and the primitive, bounded operations the engine is built from: SCAN pages,
-//! pipelined reads, the janitor lock, kombu's `unacked_mutex`, and the Lua scripts in `../lua`.
+//! pipelined reads, the janitor lock, kombu's `unacked_mutex`, (the Lua scripts have typed wrappers in `scripts.rs`).
 
 use std::time::Duration;
 
@@ -13,36 +13,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(600);
 /// kombu's `unacked_mutex` expiry (`unacked_mutex_expire`, 300 s).
 const UNACKED_MUTEX_TTL_MS: u64 = 300_000;
-
-pub(crate) struct Scripts {
-    pub remove_list: Script,
-    pub remove_unacked: Script,
-    pub remove_results: Script,
-    pub restore: Script,
-    pub lock: Script,
-}
-
-/// A script that writes, with the shared pre-write checks (`../lua/checks.lua`) in front.
-macro_rules! checked_script {
-    ($file:literal) => {
-        Script::new(concat!(
-            include_str!("../lua/checks.lua"),
-            include_str!(concat!("../lua/", $file))
-        ))
-    };
-}
-
-impl Scripts {
-    pub(crate) fn load() -> Self {
-        Scripts {
-            remove_list: checked_script!("remove_list_entries.lua"),
-            remove_unacked: checked_script!("remove_unacked_entries.lua"),
-            remove_results: checked_script!("remove_results.lua"),
-            restore: checked_script!("restore_entry.lua"),
-            lock: Script::new(include_str!("../lua/lock.lua")),
-        }
-    }
-}
 
 /// A script's `CJWRONGTYPE <i> <found> <expected>` error reply (see `../lua/checks.lua`), read
 /// against the keys the script was called with.

@@ -17,15 +17,18 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::archive::{b64, printable, unb64, ArchiveFile, ArchiveRecord};
+use crate::archive::{printable, stream_record, unb64, ArchiveFile, ArchiveRecord, StreamEntry};
+use crate::audit::AuditEvent;
 use crate::classify::Location;
+use crate::context::RunCtx;
 use crate::error::{EngineError, Result};
 use crate::host::hostname;
 use crate::janitor::{Janitor, OwnKey};
 use crate::lock::RunLock;
 use crate::progress::Progress;
 use crate::redis_io::{RedisHandle, WrongTypeReply};
-use crate::runs::{RunCounts, RunOutcome, RunRecord};
+use crate::reports::LocationCounts;
+use crate::runs::{RunOutcome, RunRecord};
 
 /// How long a set of restored archive ids is kept.
 const RESTORED_KEEP_SECONDS: u64 = 30 * 24 * 3600;
@@ -125,57 +128,6 @@ impl Archived {
     }
 }
 
-/// One XRANGE entry: its id and field/value pairs.
-type StreamEntry = (String, Vec<(String, Vec<u8>)>);
-
-fn field<'a>(map: &'a BTreeMap<String, Vec<u8>>, k: &str) -> &'a [u8] {
-    map.get(k).map(Vec::as_slice).unwrap_or_default()
-}
-
-/// Turns an archive-stream entry into the record the archive file would hold for it.
-fn stream_record(id: String, fields: Vec<(String, Vec<u8>)>) -> Option<ArchiveRecord> {
-    let map: BTreeMap<String, Vec<u8>> = fields.into_iter().collect();
-    let meta: serde_json::Value = serde_json::from_slice(field(&map, "meta")).unwrap_or_default();
-    let text = |k: &str| meta.get(k).and_then(|v| v.as_str()).map(str::to_owned);
-    let location = match field(&map, "kind") {
-        b"queue" => Location::Queue,
-        b"unacked" => Location::Unacked,
-        b"result" => Location::Result,
-        _ => return None,
-    };
-    let unacked = location == Location::Unacked;
-    let score = String::from_utf8_lossy(field(&map, "score")).into_owned();
-    Some(ArchiveRecord {
-        archive_id: id,
-        run_id: text("run_id").unwrap_or_default(),
-        // Results are removed from the backend, everything else from the broker.
-        redis: if location == Location::Result {
-            "backend"
-        } else {
-            "broker"
-        }
-        .to_owned(),
-        location,
-        key_b64: b64(field(&map, "key")),
-        value_b64: b64(field(&map, "value")),
-        field_b64: unacked.then(|| b64(field(&map, "field"))),
-        index_key_b64: unacked.then(|| b64(field(&map, "index_key"))),
-        score: Some(score).filter(|s| !s.is_empty()),
-        pttl: (location == Location::Result).then(|| {
-            std::str::from_utf8(field(&map, "pttl"))
-                .ok()
-                .and_then(|p| p.parse().ok())
-                .unwrap_or(-1)
-        }),
-        task_id: text("task_id"),
-        task_name: text("task_name"),
-        owner_table: text("owner_table"),
-        owner_id: text("owner_id"),
-        reason: text("reason").unwrap_or_default(),
-        removed_at: text("removed_at").unwrap_or_default(),
-    })
-}
-
 /// A `CJWRONGTYPE`/`CJBADARG` reply of `restore_entry.lua`, with the key named.
 fn script_error(e: redis::RedisError, keys: &[&[u8]], archive_id: &str) -> EngineError {
     match WrongTypeReply::parse(&e, keys) {
@@ -183,19 +135,20 @@ fn script_error(e: redis::RedisError, keys: &[&[u8]], archive_id: &str) -> Engin
             key: Some(key),
             found,
             expected,
-        }) => EngineError::Other(format!(
-            "cannot restore archive entry {archive_id}: key {key} is a {found}, expected a {expected} (or no key); nothing was written for this entry"
-        )),
-        _ => EngineError::Other(format!("cannot restore archive entry {archive_id}: {e}")),
+        }) => EngineError::Restore {
+            archive_id: archive_id.to_owned(),
+            message: format!("key {key} is a {found}, expected a {expected} (or no key); nothing was written for this entry"),
+        },
+        _ => EngineError::Restore {
+            archive_id: archive_id.to_owned(),
+            message: e.to_string(),
+        },
     }
 }
 
 impl Janitor {
-    pub async fn restore(
-        &self,
-        opts: &RestoreOptions,
-        progress: &dyn Progress,
-    ) -> Result<RestoreReport> {
+    pub async fn restore(&self, opts: &RestoreOptions, cx: &RunCtx<'_>) -> Result<RestoreReport> {
+        let progress = cx.progress;
         if opts.dry_run {
             return self.restore_holding_lock(opts, progress).await;
         }
@@ -340,7 +293,7 @@ impl Janitor {
             }
         }
 
-        let mut found = RunCounts::default();
+        let mut found = LocationCounts::default();
         for e in &pending {
             match e.location {
                 Location::Queue => found.queue += 1,
@@ -422,14 +375,13 @@ impl Janitor {
                     {
                         restored_tasks.push((e.run_id.clone(), task.clone()));
                     }
-                    self.audit.event(serde_json::json!({
-                        "action": "restore",
-                        "run_id": e.run_id,
-                        "archive_id": e.id,
-                        "location": e.location,
-                        "key": printable(&e.key),
-                        "task_id": e.task_id,
-                    }))?;
+                    self.audit.record(&AuditEvent::Restore {
+                        run_id: &e.run_id,
+                        archive_id: &e.id,
+                        location: e.location,
+                        key: printable(&e.key),
+                        task_id: e.task_id.as_deref(),
+                    })?;
                 }
                 // Restored meanwhile by another `restore`.
                 0 => report.already_restored += 1,
@@ -562,11 +514,9 @@ impl Janitor {
                     .arg(500)
                     .query_async(&mut con)
                     .await
-                    .map_err(|e| {
-                        EngineError::Other(format!(
-                            "cannot read the archive stream {}: {e}",
-                            printable(&key)
-                        ))
+                    .map_err(|e| EngineError::ArchiveStream {
+                        key: printable(&key),
+                        message: e.to_string(),
                     })?;
                 let n = page.len();
                 for (id, fields) in page {

@@ -21,10 +21,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::archive::{ArchiveFile, AuditLog};
 use crate::classify::Location;
-use crate::cleanup::LocationCounts;
 use crate::error::{EngineError, Result};
 use crate::host::{hostname, pid_alive};
 use crate::janitor::{Janitor, OwnKey};
+use crate::reports::{FullCleanupReport, LocationCounts};
 
 /// The newest this many records are kept.
 pub const RUNS_KEPT: usize = 1000;
@@ -73,31 +73,6 @@ impl From<RunOutcome> for String {
     }
 }
 
-/// Entries removed, per location.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct RunCounts {
-    pub queue: u64,
-    pub unacked: u64,
-    pub result: u64,
-}
-
-impl RunCounts {
-    pub fn total(&self) -> u64 {
-        self.queue + self.unacked + self.result
-    }
-}
-
-impl From<&LocationCounts> for RunCounts {
-    fn from(c: &LocationCounts) -> Self {
-        RunCounts {
-            queue: c.queue,
-            unacked: c.unacked,
-            result: c.result,
-        }
-    }
-}
-
 /// One run, as kept in `celery-janitor:runs`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunRecord {
@@ -117,7 +92,7 @@ pub struct RunRecord {
     pub outcome: RunOutcome,
     /// Entries removed (and archived), per location: orphans and expired results.
     #[serde(default)]
-    pub removed: RunCounts,
+    pub removed: LocationCounts,
     #[serde(default)]
     pub archived: u64,
     #[serde(default)]
@@ -137,7 +112,7 @@ pub struct RunRecord {
 pub struct RunEnd {
     pub outcome: RunOutcome,
     /// Entries removed per location: orphans and expired results.
-    pub removed: RunCounts,
+    pub removed: LocationCounts,
     pub archived: u64,
     pub lost_rows_marked: u64,
     pub error: Option<String>,
@@ -150,13 +125,49 @@ impl RunEnd {
 }
 
 fn run_error(key: &[u8], e: impl std::fmt::Display) -> EngineError {
-    EngineError::Other(format!(
-        "cannot update the run record {}: {e}",
-        crate::archive::printable(key)
-    ))
+    EngineError::RunRecord {
+        key: crate::archive::printable(key),
+        message: e.to_string(),
+    }
 }
 
 impl Janitor {
+    /// Records the run as started (the "open" marker: its archive file may lack entries until
+    /// it ends) and first completes the archive files of earlier runs that crashed.
+    pub(crate) async fn open_run_record(&self, run_id: &str, command: &str) -> Result<()> {
+        match self.repair_archive_files().await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                entries = n,
+                "completed the archive files of earlier runs that stopped before writing them"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not check the archive files of earlier runs")
+            }
+        }
+        self.record_run_start(run_id, command).await
+    }
+
+    /// Records how the run ended, with its counts.
+    pub(crate) async fn close_run_record(
+        &self,
+        run_id: &str,
+        outcome: &str,
+        report: &FullCleanupReport,
+        error: Option<String>,
+    ) -> Result<()> {
+        let mut removed = report.orphans.removed;
+        removed.result += report.expired_results.removed;
+        let end = RunEnd {
+            outcome: RunOutcome::from(outcome.to_owned()),
+            removed,
+            archived: report.orphans.archived + report.expired_results.archived,
+            lost_rows_marked: report.lost_rows.marked,
+            error,
+        };
+        self.record_run_end(run_id, end).await
+    }
+
     /// Writes the record of a run that starts now, outcome "running". Until the run ends, this
     /// is also the marker that its archive file may lack its last batch.
     pub(crate) async fn record_run_start(&self, run_id: &str, command: &str) -> Result<()> {
@@ -178,7 +189,7 @@ impl Janitor {
                 .to_string_lossy()
                 .into_owned(),
             outcome: RunOutcome::Running,
-            removed: RunCounts::default(),
+            removed: LocationCounts::default(),
             archived: 0,
             lost_rows_marked: 0,
             error: None,
@@ -246,7 +257,7 @@ impl Janitor {
     pub(crate) async fn adopt_unrecorded_run(
         &self,
         run_id: &str,
-        removed: RunCounts,
+        removed: LocationCounts,
         archived: u64,
         file_here: bool,
     ) -> Result<()> {
@@ -360,7 +371,7 @@ impl Janitor {
                 ));
                 let file = ArchiveFile::read(Path::new(&record.archive_file)).unwrap_or_default();
                 let mine = file.records.iter().filter(|r| r.run_id == record.run_id);
-                record.removed = RunCounts::default();
+                record.removed = LocationCounts::default();
                 for r in mine {
                     match r.location {
                         Location::Queue => record.removed.queue += 1,

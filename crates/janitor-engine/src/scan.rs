@@ -5,14 +5,15 @@
 //! the time it was read, from which its grace period counts.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use crate::cancel::Cancel;
 use crate::classify::{pre_classify, Entry, RawEntry, State};
-use crate::error::Result;
+use crate::error::{EngineError, Result};
 use crate::janitor::Janitor;
+use crate::lock::RunLock;
 use crate::progress::Progress;
 
 /// At most this many examples of wrong-typed keys are kept.
@@ -482,6 +483,55 @@ impl Janitor {
                 break;
             }
             cursor = next;
+        }
+        Ok(())
+    }
+
+    /// Grace: waits until `grace` seconds have passed since the last candidate was read (rows
+    /// of apps that enqueue before committing appear meanwhile), then asks the database again.
+    /// Entries whose row now exists become live. Waits only if there is something to confirm.
+    pub(crate) async fn confirm(
+        &self,
+        candidates: &mut [Entry],
+        grace: f64,
+        lock: Option<&RunLock>,
+        cancel: &Cancel,
+        progress: &dyn Progress,
+    ) -> Result<()> {
+        if candidates.is_empty() {
+            return Ok(());
+        }
+        // Every candidate carries its read time; the latest bounds them all, so each one's
+        // owner is asked again at least `grace` after that entry was read.
+        let last_read = candidates
+            .iter()
+            .filter_map(|e| e.read_at)
+            .max()
+            .unwrap_or_else(Instant::now);
+        let deadline = last_read + Duration::from_secs_f64(grace);
+        if Instant::now() < deadline {
+            progress.phase(
+                &format!("confirming {} orphans (grace {grace} s)", candidates.len()),
+                None,
+            );
+        }
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            let step = (deadline - now).min(Duration::from_secs(1));
+            tokio::select! {
+                _ = tokio::time::sleep(step) => {}
+                _ = cancel.cancelled() => return Err(EngineError::Interrupted),
+            }
+            if let Some(lock) = lock {
+                lock.ensure_held()?;
+            }
+        }
+        cancel.check()?;
+        for chunk in candidates.chunks_mut(1000) {
+            self.settle(chunk).await?;
         }
         Ok(())
     }

@@ -14,7 +14,10 @@ mod harness;
 use std::collections::BTreeMap;
 
 use harness::{Snapshot, TestRedis};
-use janitor_engine::{CleanupOptions, Janitor, Location, NoProgress, RestoreOptions, State};
+use janitor_engine::{
+    CleanupOptions, Janitor, Location, NoProgress, PlanOptions, ReadOptions, RestoreOptions,
+    RunCtx, State,
+};
 use support::{Capture, Dump};
 
 /// Rows that exist in the owner table: `app.add(2, …)` and `app.add(3, …)` are live.
@@ -154,9 +157,10 @@ async fn check_capture(capture: Capture, scenario: &str) {
     );
     let before = Snapshot::take(&redis).await;
     let report = j
-        .cleanup_orphans(&CleanupOptions::default(), &NoProgress)
+        .cleanup(&CleanupOptions::default(), &RunCtx::quiet())
         .await
-        .unwrap();
+        .unwrap()
+        .orphans;
     assert_eq!(
         report.removed.queue,
         orphans.get(&Location::Queue).copied().unwrap_or(0)
@@ -189,7 +193,7 @@ async fn check_capture(capture: Capture, scenario: &str) {
     );
 
     let restored = j
-        .restore(&RestoreOptions::default(), &NoProgress)
+        .restore(&RestoreOptions::default(), &RunCtx::quiet())
         .await
         .unwrap();
     assert_eq!(
@@ -201,7 +205,7 @@ async fn check_capture(capture: Capture, scenario: &str) {
 
     // Restoring again changes nothing.
     let again = j
-        .restore(&RestoreOptions::default(), &NoProgress)
+        .restore(&RestoreOptions::default(), &RunCtx::quiet())
         .await
         .unwrap();
     assert_eq!(again.restored.values().sum::<u64>(), 0);
@@ -255,7 +259,7 @@ async fn a_second_cleanup_is_refused_while_one_holds_the_lock() {
         .await
         .unwrap();
     let err = j
-        .cleanup_orphans(&CleanupOptions::default(), &NoProgress)
+        .cleanup(&CleanupOptions::default(), &RunCtx::quiet())
         .await
         .unwrap_err();
     assert!(
@@ -325,9 +329,10 @@ async fn key_prefixes_and_separate_broker_and_backend_databases() {
         Snapshot::take_db(&redis, 2).await,
     );
     let report = j
-        .cleanup_orphans(&CleanupOptions::default(), &NoProgress)
+        .cleanup(&CleanupOptions::default(), &RunCtx::quiet())
         .await
-        .unwrap();
+        .unwrap()
+        .orphans;
     assert_eq!(report.removed.total(), orphans.len() as u64);
     broker_before.assert_only_removed(&Snapshot::take_db(&redis, 1).await, &orphans, "broker db");
     assert_eq!(
@@ -344,7 +349,7 @@ async fn key_prefixes_and_separate_broker_and_backend_databases() {
         .unwrap();
     assert_eq!(archived, orphans.len() as i64);
 
-    j.restore(&RestoreOptions::default(), &NoProgress)
+    j.restore(&RestoreOptions::default(), &RunCtx::quiet())
         .await
         .unwrap();
     broker_before.assert_same_content(&Snapshot::take_db(&redis, 1).await, "broker db");
@@ -362,11 +367,19 @@ async fn status_counts_saved_groups_and_leaves_chord_keys_alone() {
     redis.load(&dump).await;
     let dir = tempfile::tempdir().unwrap();
     let j = janitor_for(&redis, dir.path()).await;
-    let status = j.status(0.0, &NoProgress).await.unwrap();
+    let status = j
+        .status(
+            &ReadOptions {
+                grace_seconds: Some(0.0),
+            },
+            &RunCtx::quiet(),
+        )
+        .await
+        .unwrap();
     assert_eq!(status.results.groups, 1, "{status:?}");
     // The chord in this capture finished: only its `.c` = done marker is left.
     assert_eq!(status.results.chords_in_progress, 0, "{status:?}");
-    j.cleanup_orphans(&CleanupOptions::default(), &NoProgress)
+    j.cleanup(&CleanupOptions::default(), &RunCtx::quiet())
         .await
         .unwrap();
     let mut con = redis.con().await;
@@ -416,10 +429,11 @@ async fn full_cleanup_marks_lost_rows_in_sqlite() {
     // The capture holds app.add messages whose first argument is missing or not an integer:
     // they could be any row's, so no row of the table may be called lost.
     let dry = CleanupOptions {
+        plan: PlanOptions::full(),
         dry_run: true,
         ..Default::default()
     };
-    let report = j.full_cleanup(&dry, &NoProgress).await.unwrap();
+    let report = j.cleanup(&dry, &RunCtx::quiet()).await.unwrap();
     assert!(
         report.lost_rows.skipped_tables.contains_key("adds"),
         "{report:?}"
@@ -439,7 +453,13 @@ async fn full_cleanup_marks_lost_rows_in_sqlite() {
     }
 
     let report = j
-        .full_cleanup(&CleanupOptions::default(), &NoProgress)
+        .cleanup(
+            &CleanupOptions {
+                plan: PlanOptions::full(),
+                ..Default::default()
+            },
+            &RunCtx::quiet(),
+        )
         .await
         .unwrap();
     assert_eq!(report.lost_rows.marked, 1, "{report:?}");

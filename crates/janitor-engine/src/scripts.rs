@@ -1,0 +1,298 @@
+//! One typed wrapper per removal script (`../lua/*.lua`): the arguments go in as Rust values,
+//! the reply comes back as typed outcomes, and a reply of the wrong length is an error — never
+//! a silent "gone" (the archive stream holds whatever a call removed).
+//!
+//! The wrappers only call; what a run does with the outcomes (archive file, audit, revokes,
+//! counts) is `apply.rs`'s business.
+
+use redis::aio::MultiplexedConnection;
+use redis::{Script, Value};
+
+use crate::archive::printable;
+use crate::error::{EngineError, Result};
+use crate::redis_io::WrongTypeReply;
+use crate::spec::ValueSpec;
+
+/// A script that writes, with the shared pre-write checks (`../lua/checks.lua`) in front.
+macro_rules! checked_script {
+    ($file:literal) => {
+        Script::new(concat!(
+            include_str!("../lua/checks.lua"),
+            include_str!(concat!("../lua/", $file))
+        ))
+    };
+}
+
+/// Every script the engine runs, loaded once.
+pub(crate) struct Scripts {
+    pub(crate) remove_list: RemoveListEntries,
+    pub(crate) remove_unacked: RemoveUnacked,
+    pub(crate) remove_results: RemoveResults,
+    /// `restore_entry.lua` (called by `restore.rs`).
+    pub(crate) restore: Script,
+    /// `lock.lua`: refresh or release a lock by compare-and-set.
+    pub(crate) lock: Script,
+}
+
+impl Scripts {
+    pub(crate) fn load() -> Self {
+        Scripts {
+            remove_list: RemoveListEntries(checked_script!("remove_list_entries.lua")),
+            remove_unacked: RemoveUnacked(checked_script!("remove_unacked_entries.lua")),
+            remove_results: RemoveResults(checked_script!("remove_results.lua")),
+            restore: checked_script!("restore_entry.lua"),
+            lock: Script::new(include_str!("../lua/lock.lua")),
+        }
+    }
+}
+
+/// What every removal call writes besides its targets: the archive stream and the lock check.
+pub(crate) struct Common<'a> {
+    pub(crate) archive: &'a [u8],
+    pub(crate) lock_key: &'a [u8],
+    pub(crate) lock_token: &'a str,
+    /// Approximate cap of the archive stream.
+    pub(crate) archive_maxlen: u64,
+}
+
+/// Work caps of one list-removal call: elements and bytes compared.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SearchBudget {
+    pub(crate) elements: i64,
+    pub(crate) bytes: i64,
+}
+
+/// One message to remove from a list (see `remove_list_entries.lua` for the position model).
+pub(crate) struct ListTarget<'a> {
+    /// Distance from the tail when read, less this run's removals nearer the tail.
+    pub(crate) from_tail: i64,
+    /// Where to resume: pops to try first, or `-1 - position` to go on with the head sweep.
+    pub(crate) resume: i64,
+    /// Index from the head when read.
+    pub(crate) index: i64,
+    pub(crate) spec: &'a ValueSpec,
+    /// Archive metadata (JSON).
+    pub(crate) meta: String,
+}
+
+/// What became of one list target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ListOutcome {
+    /// Removed and archived; found `pops` places from where it was read.
+    Removed { archive_id: String },
+    /// The call's work budget ran out first: call again with `resume`.
+    Resume { resume: i64 },
+    /// Not in the list any more (a worker took it, or it changed).
+    Gone,
+}
+
+pub(crate) struct RemoveListEntries(Script);
+
+impl RemoveListEntries {
+    pub(crate) async fn call(
+        &self,
+        con: &mut MultiplexedConnection,
+        key: &[u8],
+        common: &Common<'_>,
+        tombstone: &str,
+        budget: SearchBudget,
+        targets: &[ListTarget<'_>],
+    ) -> Result<Vec<ListOutcome>> {
+        let mut inv = self.0.key(key);
+        inv.key(common.archive).key(common.lock_key);
+        inv.arg(common.lock_token)
+            .arg(tombstone)
+            .arg(budget.elements)
+            .arg(budget.bytes)
+            .arg(common.archive_maxlen);
+        for t in targets {
+            inv.arg(t.from_tail)
+                .arg(t.resume)
+                .arg(t.index)
+                .arg(t.spec.to_arg())
+                .arg(&t.meta);
+        }
+        let keys = [key, common.archive, common.lock_key];
+        let reply = invoke(&mut inv, con, &keys, common.archive).await?;
+        let pairs = expect_pairs(reply, targets.len(), "remove_list_entries.lua")?;
+        Ok(pairs
+            .map(|(status, at)| match text(&status) {
+                Some(s) if s == "resume" => ListOutcome::Resume {
+                    resume: number(&at).unwrap_or(0),
+                },
+                Some(archive_id) => ListOutcome::Removed { archive_id },
+                None => ListOutcome::Gone,
+            })
+            .collect())
+    }
+}
+
+/// One `unacked` entry to remove.
+pub(crate) struct UnackedTarget<'a> {
+    pub(crate) delivery_tag: &'a [u8],
+    pub(crate) spec: &'a ValueSpec,
+    pub(crate) meta: String,
+}
+
+/// The keys of kombu's `unacked` structures, and the mutex token this run holds.
+pub(crate) struct UnackedKeys<'a> {
+    pub(crate) hash: &'a [u8],
+    pub(crate) index: &'a [u8],
+    pub(crate) mutex: &'a [u8],
+    pub(crate) mutex_token: &'a str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum UnackedOutcome {
+    Removed {
+        archive_id: String,
+    },
+    /// Gone or changed (acknowledged, or restored to its queue).
+    Gone,
+}
+
+pub(crate) struct RemoveUnacked(Script);
+
+impl RemoveUnacked {
+    pub(crate) async fn call(
+        &self,
+        con: &mut MultiplexedConnection,
+        keys: &UnackedKeys<'_>,
+        common: &Common<'_>,
+        targets: &[UnackedTarget<'_>],
+    ) -> Result<Vec<UnackedOutcome>> {
+        let mut inv = self.0.key(keys.hash);
+        inv.key(keys.index)
+            .key(keys.mutex)
+            .key(common.archive)
+            .key(common.lock_key);
+        inv.arg(common.lock_token)
+            .arg(keys.mutex_token)
+            .arg(common.archive_maxlen);
+        for t in targets {
+            inv.arg(t.delivery_tag).arg(t.spec.to_arg()).arg(&t.meta);
+        }
+        let named = [
+            keys.hash,
+            keys.index,
+            keys.mutex,
+            common.archive,
+            common.lock_key,
+        ];
+        let reply = invoke(&mut inv, con, &named, common.archive).await?;
+        let pairs = expect_pairs(reply, targets.len(), "remove_unacked_entries.lua")?;
+        Ok(pairs
+            .map(|(id, _score)| match text(&id) {
+                Some(archive_id) => UnackedOutcome::Removed { archive_id },
+                None => UnackedOutcome::Gone,
+            })
+            .collect())
+    }
+}
+
+/// One result key to remove.
+pub(crate) struct ResultTarget<'a> {
+    pub(crate) key: &'a [u8],
+    pub(crate) spec: &'a ValueSpec,
+    pub(crate) meta: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ResultOutcome {
+    Removed {
+        archive_id: String,
+    },
+    /// Gone, changed, or no longer a string.
+    Gone,
+}
+
+pub(crate) struct RemoveResults(Script);
+
+impl RemoveResults {
+    pub(crate) async fn call(
+        &self,
+        con: &mut MultiplexedConnection,
+        common: &Common<'_>,
+        targets: &[ResultTarget<'_>],
+    ) -> Result<Vec<ResultOutcome>> {
+        let mut inv = self.0.key(common.archive);
+        inv.key(common.lock_key);
+        for t in targets {
+            inv.key(t.key);
+        }
+        inv.arg(common.lock_token).arg(common.archive_maxlen);
+        for t in targets {
+            inv.arg(t.spec.to_arg()).arg(&t.meta);
+        }
+        let mut keys: Vec<&[u8]> = vec![common.archive, common.lock_key];
+        keys.extend(targets.iter().map(|t| t.key));
+        let reply = invoke(&mut inv, con, &keys, common.archive).await?;
+        let pairs = expect_pairs(reply, targets.len(), "remove_results.lua")?;
+        Ok(pairs
+            .map(|(id, _pttl)| match text(&id) {
+                Some(archive_id) => ResultOutcome::Removed { archive_id },
+                None => ResultOutcome::Gone,
+            })
+            .collect())
+    }
+}
+
+/// Runs a removal script; a failure is a typed error naming the key it is about.
+async fn invoke(
+    inv: &mut redis::ScriptInvocation<'_>,
+    con: &mut MultiplexedConnection,
+    keys: &[&[u8]],
+    archive: &[u8],
+) -> Result<Vec<Value>> {
+    inv.invoke_async(con)
+        .await
+        .map_err(|e| script_error(e, keys, archive))
+}
+
+/// A removal script answers two values per target; anything else is an error.
+fn expect_pairs(
+    reply: Vec<Value>,
+    targets: usize,
+    script: &'static str,
+) -> Result<impl Iterator<Item = (Value, Value)>> {
+    if reply.len() != 2 * targets {
+        return Err(EngineError::ScriptReply {
+            script,
+            got: reply.len(),
+            expected: 2 * targets,
+        });
+    }
+    let mut it = reply.into_iter();
+    Ok(std::iter::from_fn(move || Some((it.next()?, it.next()?))))
+}
+
+fn text(v: &Value) -> Option<String> {
+    redis::from_redis_value_ref::<Option<String>>(v)
+        .ok()
+        .flatten()
+}
+
+fn number(v: &Value) -> Option<i64> {
+    redis::from_redis_value_ref::<i64>(v).ok()
+}
+
+/// Turns a script's error reply into a typed error naming the key (see checks.lua).
+pub(crate) fn script_error(err: redis::RedisError, keys: &[&[u8]], archive: &[u8]) -> EngineError {
+    if let Some(wrong) = WrongTypeReply::parse(&err, keys) {
+        return EngineError::WrongType {
+            key: wrong.key.unwrap_or_else(|| "a key".into()),
+            found: wrong.found,
+            expected: wrong.expected,
+        };
+    }
+    let detail = err.detail().unwrap_or_default().to_owned();
+    match err.code() {
+        Some("LOCKLOST") => EngineError::LockLost,
+        Some("MUTEXLOST") => EngineError::MutexLost,
+        Some("CJARCHIVE") => EngineError::ArchiveWrite {
+            key: printable(archive),
+            message: detail,
+        },
+        _ => err.into(),
+    }
+}
