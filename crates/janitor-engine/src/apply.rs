@@ -75,15 +75,17 @@ impl Janitor {
     pub async fn cleanup(&self, o: &CleanupOptions, cx: &RunCtx<'_>) -> Result<FullCleanupReport> {
         if o.dry_run {
             let report = self.plan(&o.plan, cx).await?.preview();
-            self.audit.record(&AuditEvent::Run {
-                command: o.plan.command(),
-                run_id: &report.run_id,
-                dry_run: true,
-                outcome: "completed",
-                error: None,
-                report: &report,
-            })?;
-            self.audit.sync()?;
+            self.audit
+                .record(&AuditEvent::Run {
+                    command: o.plan.command(),
+                    run_id: &report.run_id,
+                    dry_run: true,
+                    outcome: "completed",
+                    error: None,
+                    report: &report,
+                })
+                .await?;
+            self.audit.sync().await?;
             cx.progress.finish();
             return Ok(report);
         }
@@ -154,8 +156,10 @@ impl Run<'_> {
         let mut report = plan.report_skeleton(false);
         report.run_id.clone_from(&self.run_id);
         report.orphans.run_id.clone_from(&self.run_id);
-        let outcome = self.apply_plan(plan, &mut report, cx).await;
-        let outcome = outcome.and_then(|()| self.janitor.audit.sync());
+        let outcome = match self.apply_plan(plan, &mut report, cx).await {
+            Ok(()) => self.janitor.audit.sync().await,
+            Err(e) => Err(e),
+        };
         self.end(report, outcome, cx).await
     }
 
@@ -256,12 +260,15 @@ impl Run<'_> {
         let marked = self.janitor.db.mark_lost(&batches).await?;
         for ((_, rule, _), changed) in batches.iter().zip(marked) {
             if !changed.is_empty() {
-                self.janitor.audit.record(&AuditEvent::MarkLost {
-                    run_id: &self.run_id,
-                    table: &rule.table,
-                    status: rule.lost.as_ref().map(|l| l.lost_status.as_str()),
-                    ids: &changed,
-                })?;
+                self.janitor
+                    .audit
+                    .record(&AuditEvent::MarkLost {
+                        run_id: &self.run_id,
+                        table: &rule.table,
+                        status: rule.lost.as_ref().map(|l| l.lost_status.as_str()),
+                        ids: &changed,
+                    })
+                    .await?;
             }
             report.lost_rows.marked += changed.len() as u64;
             *report
@@ -296,7 +303,11 @@ impl Run<'_> {
                 error: error.clone(),
                 report: &report,
             })
-            .and_then(|()| janitor.audit.sync());
+            .await;
+        let audited = match audited {
+            Ok(()) => janitor.audit.sync().await,
+            Err(e) => Err(e),
+        };
         let recorded = janitor
             .close_run_record(&self.run_id, outcome_name, &report, error)
             .await;
@@ -405,17 +416,17 @@ impl<'r> Remover<'r> {
             self.remove_results(reason, chunk, report).await?;
             self.progress.advance(chunk.len() as u64);
         }
-        self.janitor.audit.sync()
+        self.janitor.audit.sync().await
     }
 
-    fn common<'k>(&self, archive: &'k [u8], lock_key: &'k [u8], backend: bool) -> Common<'k>
+    fn common<'k>(&self, archive: &'k [u8], lock_key: &'k [u8]) -> Common<'k>
     where
         'r: 'k,
     {
         Common {
             archive,
             lock_key,
-            lock_token: self.lock.token(backend),
+            lock_token: self.lock.token(),
             archive_maxlen: ARCHIVE_MAXLEN,
         }
     }
@@ -460,7 +471,7 @@ impl<'r> Remover<'r> {
                 mutex: &mutex,
                 mutex_token: &mutex_token,
             };
-            let common = self.common(&archive, &lock_key, false);
+            let common = self.common(&archive, &lock_key);
             let outcomes = j
                 .scripts
                 .remove_unacked
@@ -522,7 +533,7 @@ impl<'r> Remover<'r> {
                     meta: stream_meta(self.run_id, e, reason),
                 })
                 .collect();
-            let common = self.common(&archive, &lock_key, false);
+            let common = self.common(&archive, &lock_key);
             let outcomes = j
                 .scripts
                 .remove_list
@@ -579,7 +590,7 @@ impl<'r> Remover<'r> {
                 meta: stream_meta(self.run_id, e, reason),
             })
             .collect();
-        let common = self.common(&archive, &lock_key, true);
+        let common = self.common(&archive, &lock_key);
         let mut con = j.backend.con.clone();
         let outcomes = j
             .scripts
@@ -629,21 +640,27 @@ impl<'r> Remover<'r> {
                 })?;
             records.push(record);
         }
-        self.janitor.audit.archive(self.run_id, &records)?;
-        for r in &records {
-            self.janitor.audit.record(&AuditEvent::Remove {
-                run_id: self.run_id,
-                location: r.location,
-                key: printable(&unb64(&r.key_b64)?),
-                task_id: r.task_id.as_deref(),
-                task_name: r.task_name.as_deref(),
-                owner_table: r.owner_table.as_deref(),
-                owner_id: r.owner_id.as_deref(),
-                reason: &r.reason,
-                archive_id: &r.archive_id,
-            })?;
-        }
-        Ok(())
+        let events = records
+            .iter()
+            .map(|r| {
+                Ok(serde_json::to_value(AuditEvent::Remove {
+                    run_id: self.run_id,
+                    location: r.location,
+                    key: printable(&unb64(&r.key_b64)?),
+                    task_id: r.task_id.as_deref(),
+                    task_name: r.task_name.as_deref(),
+                    owner_table: r.owner_table.as_deref(),
+                    owner_id: r.owner_id.as_deref(),
+                    reason: &r.reason,
+                    archive_id: &r.archive_id,
+                })
+                .expect("serializable"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.janitor
+            .audit
+            .removals(self.run_id, records, events)
+            .await
     }
 
     /// Removing a copy does not stop a worker that already holds the message (prefetched,

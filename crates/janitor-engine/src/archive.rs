@@ -156,7 +156,7 @@ pub(crate) fn stream_meta(run_id: &str, e: &Entry, reason: &str) -> String {
 type OpenFiles = (File, Option<(String, File)>);
 
 /// Appends JSON lines to the audit log and the run's archive file.
-pub struct AuditLog {
+pub(crate) struct AuditLog {
     audit_path: PathBuf,
     archive_dir: PathBuf,
     files: Mutex<Option<OpenFiles>>,
@@ -164,7 +164,7 @@ pub struct AuditLog {
 
 /// Creates `dir` and its missing parents with mode 0700 (masked by the umask). Directories that
 /// already exist keep their mode: the tool never changes a directory it did not create.
-pub fn create_private_dir_all(dir: &Path) -> std::io::Result<()> {
+pub(crate) fn create_private_dir_all(dir: &Path) -> std::io::Result<()> {
     DirBuilder::new().recursive(true).mode(0o700).create(dir)
 }
 
@@ -239,7 +239,7 @@ pub(crate) fn write_once(file: &mut File, buf: &[u8], what: &Path) -> Result<()>
 /// An archive file as read back: its records (one per archive id, first copy kept) and a
 /// warning per line that could not be read (a line torn by a crash mid-write).
 #[derive(Debug, Default)]
-pub struct ArchiveFile {
+pub(crate) struct ArchiveFile {
     pub records: Vec<ArchiveRecord>,
     pub warnings: Vec<String>,
     /// Lines repeating an archive id already read (a completed file may repeat a batch).
@@ -251,7 +251,7 @@ pub struct ArchiveFile {
 impl ArchiveFile {
     /// Reads an archive file. Unreadable lines are skipped with a warning, duplicate archive
     /// ids are read once; only a file that can't be read at all is an error.
-    pub fn read(path: &Path) -> Result<ArchiveFile> {
+    pub(crate) fn read(path: &Path) -> Result<ArchiveFile> {
         let bytes = std::fs::read(path)
             .map_err(|e| EngineError::io(format!("cannot read {}", path.display()), e))?;
         Ok(Self::parse(&bytes, path))
@@ -292,7 +292,7 @@ impl ArchiveFile {
 }
 
 impl AuditLog {
-    pub fn new(audit_path: PathBuf, archive_dir: PathBuf) -> Self {
+    pub(crate) fn new(audit_path: PathBuf, archive_dir: PathBuf) -> Self {
         AuditLog {
             audit_path,
             archive_dir,
@@ -301,7 +301,7 @@ impl AuditLog {
     }
 
     /// Writes one audit event (a JSON object; `ts` is added).
-    pub fn event(&self, mut event: Value) -> Result<()> {
+    pub(crate) fn event(&self, mut event: Value) -> Result<()> {
         if let Value::Object(map) = &mut event {
             map.insert("ts".into(), Value::String(chrono::Utc::now().to_rfc3339()));
         }
@@ -316,18 +316,13 @@ impl AuditLog {
     }
 
     /// Where the archive file of `run_id` is (absolute when the current directory is known).
-    /// Appends one audit event.
-    pub(crate) fn record(&self, event: &crate::audit::AuditEvent<'_>) -> Result<()> {
-        self.event(serde_json::to_value(event).expect("serializable"))
-    }
-
-    pub fn archive_path(&self, run_id: &str) -> PathBuf {
+    pub(crate) fn archive_path(&self, run_id: &str) -> PathBuf {
         let path = self.archive_dir.join(format!("{run_id}.jsonl"));
         std::path::absolute(&path).unwrap_or(path)
     }
 
     /// Appends archive records for a run.
-    pub fn archive(&self, run_id: &str, records: &[ArchiveRecord]) -> Result<()> {
+    pub(crate) fn archive(&self, run_id: &str, records: &[ArchiveRecord]) -> Result<()> {
         if records.is_empty() {
             return Ok(());
         }
@@ -383,7 +378,7 @@ impl AuditLog {
     }
 
     /// Flushes both files to disk.
-    pub fn sync(&self) -> Result<()> {
+    pub(crate) fn sync(&self) -> Result<()> {
         let guard = self.files.lock().expect("audit lock");
         if let Some((audit, archive)) = guard.as_ref() {
             audit
@@ -395,12 +390,6 @@ impl AuditLog {
             }
         }
         Ok(())
-    }
-
-    /// Reads an archive file: one record per archive id; unreadable lines are skipped (see
-    /// [`ArchiveFile::read`]).
-    pub fn read_archive(path: &Path) -> Result<Vec<ArchiveRecord>> {
-        Ok(ArchiveFile::read(path)?.records)
     }
 }
 

@@ -1,9 +1,14 @@
 //! The audit log's events, one serializable enum: every line `logs/audit.jsonl` can hold
-//! (docs/cli.md, "What it writes"). `AuditLog::record` adds the `ts` field.
+//! (docs/cli.md, "What it writes"). [`AuditSink`] writes them (and the archive file) off the async threads; each line gets a `ts`.
+
+use std::sync::Arc;
 
 use serde::Serialize;
+use serde_json::Value;
 
+use crate::archive::{ArchiveRecord, AuditLog};
 use crate::classify::Location;
+use crate::error::{EngineError, Result};
 use crate::reports::FullCleanupReport;
 
 #[derive(Debug, Serialize)]
@@ -45,4 +50,56 @@ pub(crate) enum AuditEvent<'a> {
         key: String,
         task_id: Option<&'a str>,
     },
+}
+
+/// The archive file and the audit log, written on tokio's blocking pool: a disk write or an
+/// fsync never holds up the async threads (a server's requests, a worker's event loop).
+#[derive(Clone)]
+pub(crate) struct AuditSink(Arc<AuditLog>);
+
+impl AuditSink {
+    pub(crate) fn new(log: AuditLog) -> Self {
+        AuditSink(Arc::new(log))
+    }
+
+    /// The files' names and other non-blocking parts.
+    pub(crate) fn log(&self) -> &AuditLog {
+        &self.0
+    }
+
+    async fn off_thread<T: Send + 'static>(
+        &self,
+        write: impl FnOnce(&AuditLog) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let log = self.0.clone();
+        tokio::task::spawn_blocking(move || write(&log))
+            .await
+            .map_err(|e| EngineError::io("the audit writer stopped", std::io::Error::other(e)))?
+    }
+
+    /// Appends one audit event.
+    pub(crate) async fn record(&self, event: &AuditEvent<'_>) -> Result<()> {
+        let value = serde_json::to_value(event).expect("serializable");
+        self.off_thread(move |log| log.event(value)).await
+    }
+
+    /// Appends removed entries to the run's archive file, then their audit events.
+    pub(crate) async fn removals(
+        &self,
+        run_id: &str,
+        records: Vec<ArchiveRecord>,
+        events: Vec<Value>,
+    ) -> Result<()> {
+        let run_id = run_id.to_owned();
+        self.off_thread(move |log| {
+            log.archive(&run_id, &records)?;
+            events.into_iter().try_for_each(|e| log.event(e))
+        })
+        .await
+    }
+
+    /// Flushes both files to disk.
+    pub(crate) async fn sync(&self) -> Result<()> {
+        self.off_thread(AuditLog::sync).await
+    }
 }

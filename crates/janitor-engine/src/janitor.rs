@@ -8,6 +8,7 @@ use janitor_wire::{BackendLayout, BrokerLayout};
 use serde::Serialize;
 
 use crate::archive::AuditLog;
+use crate::audit::AuditSink;
 use crate::cancel::Cancel;
 use crate::classify::{Entry, Location, State};
 use crate::context::RunCtx;
@@ -59,7 +60,7 @@ pub struct Janitor {
     pub(crate) broker_layout: BrokerLayout,
     pub(crate) backend_layout: BackendLayout,
     pub(crate) scripts: Scripts,
-    pub(crate) audit: AuditLog,
+    pub(crate) audit: AuditSink,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -159,7 +160,10 @@ impl Janitor {
             ..Default::default()
         };
         let backend_layout = BackendLayout::with_prefix(&settings.backend_prefix);
-        let audit = AuditLog::new(settings.audit_log.clone(), settings.archive_dir.clone());
+        let audit = AuditSink::new(AuditLog::new(
+            settings.audit_log.clone(),
+            settings.archive_dir.clone(),
+        ));
         Ok(Janitor {
             settings,
             broker,

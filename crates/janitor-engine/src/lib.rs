@@ -32,10 +32,7 @@ mod scripts;
 mod spec;
 
 pub use apply::{CleanupOptions, Run};
-pub use archive::{
-    create_private_dir_all, open_private_append, printable, write_private_file, ArchiveFile,
-    ArchiveRecord, AuditLog,
-};
+pub use archive::{open_private_append, printable, write_private_file, ArchiveRecord};
 pub use cancel::Cancel;
 pub use classify::{Entry, Location, State};
 pub use context::RunCtx;
@@ -49,8 +46,8 @@ pub use reports::{
     RevokeReport, SkipCounts,
 };
 pub use restore::{RestoreOptions, RestoreReport, RestoreSource};
-pub use runs::{RunEnd, RunOutcome, RunRecord, RUNS_KEPT};
-pub use scan::{ScanFilter, WrongTypeKey, WrongTypeKeys};
+pub use runs::{RunOutcome, RunRecord, RUNS_KEPT};
+pub use scan::{WrongTypeKey, WrongTypeKeys};
 pub use spec::ValueSpec;
 
 /// Prefix of every key celery-janitor itself writes (after the broker's `global_keyprefix`).

@@ -121,10 +121,9 @@ impl RunLock {
         })
     }
 
-    /// The value the removal scripts compare with the lock key of the broker (or backend).
-    pub(crate) fn token(&self, backend: bool) -> &str {
-        let i = if backend && self.held.len() > 1 { 1 } else { 0 };
-        &self.held[i].value
+    /// The value the removal scripts compare with the lock key: the same on every server.
+    pub(crate) fn token(&self) -> &str {
+        &self.held[0].value
     }
 
     /// Fails once the heartbeat found the lock taken or deleted by someone else.

@@ -339,79 +339,97 @@ impl OwnerDb {
             Pool::Pg(pool) => {
                 let mut tx = pool.begin().await.map_err(|e| sql_error(any_rule, e))?;
                 for (rule_idx, rule, ids) in batches {
-                    let Some(lost) = rule.lost.as_ref().filter(|_| !ids.is_empty()) else {
-                        out.push(Vec::new());
-                        continue;
-                    };
-                    let (table, col) = (rule.quoted_table(), quote_ident(&rule.id_column));
-                    let status = quote_ident(&lost.status_column);
-                    let created = quote_ident(&lost.created_column);
-                    let sql = format!(
-                        "UPDATE {table} SET {status} = $1 WHERE {col} = ANY($2) \
-                         AND {status} = ANY($3) AND {created} < $4 RETURNING {col}::text"
-                    );
-                    let q = sqlx::query_scalar::<_, String>(&sql).bind(&lost.lost_status);
-                    let q = match self.typed(*rule_idx, ids, &mut Lookup::default()) {
-                        Ids::Int(v) => q.bind(v),
-                        Ids::Uuid(v) => q.bind(v),
-                        Ids::Text(v) => q.bind(v),
-                    };
-                    let changed = q
-                        .bind(&lost.active_statuses)
-                        .bind(lost_cutoff(lost.lost_after_minutes))
-                        .fetch_all(&mut *tx)
-                        .await
-                        .map_err(|e| sql_error(rule, e))?;
-                    out.push(changed);
+                    out.push(self.mark_lost_pg(&mut tx, *rule_idx, rule, ids).await?);
                 }
                 tx.commit().await.map_err(|e| sql_error(any_rule, e))?;
             }
             Pool::Sqlite(pool) => {
                 let mut tx = pool.begin().await.map_err(|e| sql_error(any_rule, e))?;
                 for (rule_idx, rule, ids) in batches {
-                    let Some(lost) = rule.lost.as_ref() else {
-                        out.push(Vec::new());
-                        continue;
-                    };
-                    let (table, col) = (rule.quoted_table(), quote_ident(&rule.id_column));
-                    let status = quote_ident(&lost.status_column);
-                    let created = quote_ident(&lost.created_column);
-                    let active = vec!["?"; lost.active_statuses.len()].join(", ");
-                    let sql = format!(
-                        "UPDATE {table} SET {status} = ? WHERE {col} = ? AND {status} IN ({active}) \
-                         AND {created} < ?"
-                    );
-                    let cutoff = lost_cutoff(lost.lost_after_minutes)
-                        .format("%Y-%m-%d %H:%M:%S")
-                        .to_string();
-                    let mut changed = Vec::new();
-                    for id in ids {
-                        let mut q = sqlx::query(&sql).bind(lost.lost_status.clone());
-                        q = match self.kinds[*rule_idx] {
-                            IdKind::Int => match id.parse::<i64>() {
-                                Ok(n) => q.bind(n),
-                                Err(_) => continue,
-                            },
-                            _ => q.bind(id.clone()),
-                        };
-                        for st in &lost.active_statuses {
-                            q = q.bind(st.clone());
-                        }
-                        let done = q
-                            .bind(cutoff.clone())
-                            .execute(&mut *tx)
-                            .await
-                            .map_err(|e| sql_error(rule, e))?;
-                        if done.rows_affected() > 0 {
-                            changed.push(id.clone());
-                        }
-                    }
-                    out.push(changed);
+                    out.push(self.mark_lost_sqlite(&mut tx, *rule_idx, rule, ids).await?);
                 }
                 tx.commit().await.map_err(|e| sql_error(any_rule, e))?;
             }
         }
         Ok(out)
+    }
+
+    /// One table's part of [`OwnerDb::mark_lost`] on PostgreSQL: one UPDATE … RETURNING.
+    async fn mark_lost_pg(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        rule_idx: usize,
+        rule: &OwnerRule,
+        ids: &[String],
+    ) -> Result<Vec<String>> {
+        let Some(lost) = rule.lost.as_ref().filter(|_| !ids.is_empty()) else {
+            return Ok(Vec::new());
+        };
+        let (table, col) = (rule.quoted_table(), quote_ident(&rule.id_column));
+        let status = quote_ident(&lost.status_column);
+        let created = quote_ident(&lost.created_column);
+        let sql = format!(
+            "UPDATE {table} SET {status} = $1 WHERE {col} = ANY($2) \
+             AND {status} = ANY($3) AND {created} < $4 RETURNING {col}::text"
+        );
+        let q = sqlx::query_scalar::<_, String>(&sql).bind(&lost.lost_status);
+        let q = match self.typed(rule_idx, ids, &mut Lookup::default()) {
+            Ids::Int(v) => q.bind(v),
+            Ids::Uuid(v) => q.bind(v),
+            Ids::Text(v) => q.bind(v),
+        };
+        q.bind(&lost.active_statuses)
+            .bind(lost_cutoff(lost.lost_after_minutes))
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(|e| sql_error(rule, e))
+    }
+
+    /// One table's part of [`OwnerDb::mark_lost`] on SQLite: one UPDATE per row.
+    async fn mark_lost_sqlite(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        rule_idx: usize,
+        rule: &OwnerRule,
+        ids: &[String],
+    ) -> Result<Vec<String>> {
+        let Some(lost) = rule.lost.as_ref() else {
+            return Ok(Vec::new());
+        };
+        let (table, col) = (rule.quoted_table(), quote_ident(&rule.id_column));
+        let status = quote_ident(&lost.status_column);
+        let created = quote_ident(&lost.created_column);
+        let active = vec!["?"; lost.active_statuses.len()].join(", ");
+        let sql = format!(
+            "UPDATE {table} SET {status} = ? WHERE {col} = ? AND {status} IN ({active}) \
+             AND {created} < ?"
+        );
+        let cutoff = lost_cutoff(lost.lost_after_minutes)
+            .format("%Y-%m-%d %H:%M:%S")
+            .to_string();
+        let mut changed = Vec::new();
+        for id in ids {
+            let mut q = sqlx::query(&sql).bind(lost.lost_status.clone());
+            q = match self.kinds[rule_idx] {
+                IdKind::Int => match id.parse::<i64>() {
+                    Ok(n) => q.bind(n),
+                    Err(_) => continue,
+                },
+                _ => q.bind(id.clone()),
+            };
+            for st in &lost.active_statuses {
+                q = q.bind(st.clone());
+            }
+            let done = q
+                .bind(cutoff.clone())
+                .execute(&mut **tx)
+                .await
+                .map_err(|e| sql_error(rule, e))?;
+            if done.rows_affected() > 0 {
+                changed.push(id.clone());
+            }
+        }
+        Ok(changed)
     }
 }
 

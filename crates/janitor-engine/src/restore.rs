@@ -25,7 +25,6 @@ use crate::error::{EngineError, Result};
 use crate::host::hostname;
 use crate::janitor::{Janitor, OwnKey};
 use crate::lock::RunLock;
-use crate::progress::Progress;
 use crate::redis_io::{RedisHandle, WrongTypeReply};
 use crate::reports::LocationCounts;
 use crate::runs::{RunOutcome, RunRecord};
@@ -128,6 +127,53 @@ impl Archived {
     }
 }
 
+/// Where a restore's entries are (see `Janitor::locate_run`).
+struct Located {
+    run_id: Option<String>,
+    record: Option<RunRecord>,
+    /// No run record names the run: archives of an earlier version.
+    unrecorded: bool,
+    file: Option<(PathBuf, Vec<ArchiveRecord>)>,
+    stream: Vec<ArchiveRecord>,
+}
+
+/// The file's entries first, then the stream entries it lacks; one entry per archive id, of
+/// the run and task ids asked for.
+fn select_entries(
+    opts: &RestoreOptions,
+    located: Located,
+    report: &mut RestoreReport,
+) -> Vec<Archived> {
+    let mut seen = HashSet::new();
+    let mut records = Vec::new();
+    if let Some((path, from_file)) = located.file {
+        report.source = RestoreSource::File;
+        report.archive_file = Some(path.display().to_string());
+        records.extend(from_file);
+    }
+    records.extend(located.stream);
+    let run_id = located.run_id;
+    records.retain(|r| {
+        run_id.as_ref().is_none_or(|run| &r.run_id == run)
+            && (opts.task_ids.is_empty()
+                || r.task_id
+                    .as_ref()
+                    .is_some_and(|t| opts.task_ids.contains(t)))
+            && seen.insert(r.archive_id.clone())
+    });
+    let mut entries = Vec::with_capacity(records.len());
+    for r in records {
+        let id = r.archive_id.clone();
+        match Archived::decode(r) {
+            Ok(e) => entries.push(e),
+            Err(e) => report
+                .warnings
+                .push(format!("skipped archive entry {id}: {e}")),
+        }
+    }
+    entries
+}
+
 /// A `CJWRONGTYPE`/`CJBADARG` reply of `restore_entry.lua`, with the key named.
 fn script_error(e: redis::RedisError, keys: &[&[u8]], archive_id: &str) -> EngineError {
     match WrongTypeReply::parse(&e, keys) {
@@ -148,9 +194,8 @@ fn script_error(e: redis::RedisError, keys: &[&[u8]], archive_id: &str) -> Engin
 
 impl Janitor {
     pub async fn restore(&self, opts: &RestoreOptions, cx: &RunCtx<'_>) -> Result<RestoreReport> {
-        let progress = cx.progress;
         if opts.dry_run {
-            return self.restore_holding_lock(opts, progress).await;
+            return self.restore_holding_lock(opts, cx).await;
         }
         // Under the run lock: a cleanup in progress would otherwise be undone halfway (its run
         // is "running", so the newest), and the messages put back would move under its feet.
@@ -163,7 +208,7 @@ impl Janitor {
             opts.take_over_lock,
         )
         .await?;
-        let outcome = self.restore_holding_lock(opts, progress).await;
+        let outcome = self.restore_holding_lock(opts, cx).await;
         lock.release().await;
         outcome
     }
@@ -171,8 +216,9 @@ impl Janitor {
     async fn restore_holding_lock(
         &self,
         opts: &RestoreOptions,
-        progress: &dyn Progress,
+        cx: &RunCtx<'_>,
     ) -> Result<RestoreReport> {
+        let progress = cx.progress;
         let mut report = RestoreReport {
             dry_run: opts.dry_run,
             ..Default::default()
@@ -185,11 +231,58 @@ impl Janitor {
         if !opts.dry_run {
             self.repair_archive_files().await?;
         }
+        let located = self.locate_run(opts, &mut report).await?;
+        let (run_id, record, unrecorded) = (
+            located.run_id.clone(),
+            located.record.clone(),
+            located.unrecorded,
+        );
+        let entries = select_entries(opts, located, &mut report);
+        let pending = self
+            .not_yet_restored(
+                opts,
+                run_id.as_deref(),
+                record.as_ref(),
+                entries,
+                &mut report,
+            )
+            .await?;
 
-        // The archive file named, or else this host's archive file of the run, if any.
+        let mut found = LocationCounts::default();
+        for e in &pending {
+            found.add(e.location, 1);
+        }
+        let found_total = found.total() + report.already_restored;
+
+        progress.phase("restoring", Some(pending.len() as u64));
+        let mut restored_tasks = Vec::new();
+        let outcome =
+            self.restore_entries(pending, opts.dry_run, &mut report, &mut restored_tasks, cx);
+        let outcome = outcome.await;
+        self.audit.sync().await?;
+        outcome?;
+        self.warn_of_revoked(&restored_tasks, &mut report).await;
+        if let (true, false, None, Some(run)) = (unrecorded, opts.dry_run, &record, &run_id) {
+            if found_total > 0 && opts.task_ids.is_empty() {
+                let file_here = report.source == RestoreSource::File;
+                self.adopt_unrecorded_run(run, found, found_total, file_here)
+                    .await?;
+            }
+        }
+        progress.finish();
+        Ok(report)
+    }
+
+    /// Which run to restore and where its archived entries are: the archive file named, or
+    /// this host's archive file of the run, and the archive stream(s).
+    async fn locate_run(
+        &self,
+        opts: &RestoreOptions,
+        report: &mut RestoreReport,
+    ) -> Result<Located> {
         let mut file: Option<(PathBuf, Vec<ArchiveRecord>)> = None;
         if let Some(path) = &opts.from_file {
-            file = Some((path.clone(), self.read_file(path, &mut report)?));
+            file = Some((path.clone(), self.read_file(path, report)?));
         }
         let mut run_id = if opts.all {
             None
@@ -223,44 +316,33 @@ impl Janitor {
             let own = match &record {
                 Some(r) if r.host == hostname() => Some(PathBuf::from(&r.archive_file)),
                 Some(_) => None,
-                None => Some(self.audit.archive_path(run)),
+                None => Some(self.audit.log().archive_path(run)),
             };
             if let Some(path) = own.filter(|p| p.is_file()) {
-                let records = self.read_file(&path, &mut report)?;
+                let records = self.read_file(&path, report)?;
                 file = Some((path, records));
             }
         }
         report.run_id = run_id.clone();
+        Ok(Located {
+            run_id,
+            record,
+            unrecorded,
+            file,
+            stream,
+        })
+    }
 
-        // File first, then the stream entries it lacks; one entry per archive id.
-        let mut seen = HashSet::new();
-        let mut records = Vec::new();
-        if let Some((path, from_file)) = file {
-            report.source = RestoreSource::File;
-            report.archive_file = Some(path.display().to_string());
-            records.extend(from_file);
-        }
-        records.extend(stream);
-        records.retain(|r| {
-            run_id.as_ref().is_none_or(|run| &r.run_id == run)
-                && (opts.task_ids.is_empty()
-                    || r.task_id
-                        .as_ref()
-                        .is_some_and(|t| opts.task_ids.contains(t)))
-                && seen.insert(r.archive_id.clone())
-        });
-        let mut entries = Vec::with_capacity(records.len());
-        for r in records {
-            let id = r.archive_id.clone();
-            match Archived::decode(r) {
-                Ok(e) => entries.push(e),
-                Err(e) => report
-                    .warnings
-                    .push(format!("skipped archive entry {id}: {e}")),
-            }
-        }
-
-        // Already restored: by id, in the run's set or (earlier versions) the global set.
+    /// The entries not restored yet: by archive id, in the run's set or (earlier versions) the
+    /// global set. Counts the others, and what is missing, in `report`.
+    async fn not_yet_restored(
+        &self,
+        opts: &RestoreOptions,
+        run_id: Option<&str>,
+        record: Option<&RunRecord>,
+        entries: Vec<Archived>,
+        report: &mut RestoreReport,
+    ) -> Result<Vec<Archived>> {
         let restored_before = self.restored_flags(&entries).await?;
         let mut legacy = 0;
         let mut pending = Vec::new();
@@ -276,10 +358,10 @@ impl Janitor {
                 pending.push(e);
             }
         }
-        if let (Some(run), true) = (&run_id, opts.task_ids.is_empty()) {
+        if let (Some(run), true) = (run_id, opts.task_ids.is_empty()) {
             // Restored entries leave the stream, so count them by the run's set.
             report.already_restored = self.restored_count(run).await? + legacy;
-            report.expected = record.as_ref().and_then(expected_entries);
+            report.expected = record.and_then(expected_entries);
             let found = pending.len() as u64 + report.already_restored;
             report.missing = report.expected.unwrap_or(0).saturating_sub(found);
             if report.missing > 0 {
@@ -287,44 +369,12 @@ impl Janitor {
                     run,
                     report.missing,
                     report.expected.unwrap_or(0),
-                    record.as_ref(),
+                    record,
                     report.archive_file.as_deref(),
                 ));
             }
         }
-
-        let mut found = LocationCounts::default();
-        for e in &pending {
-            match e.location {
-                Location::Queue => found.queue += 1,
-                Location::Unacked => found.unacked += 1,
-                Location::Result => found.result += 1,
-            }
-        }
-        let found_total = found.total() + report.already_restored;
-
-        progress.phase("restoring", Some(pending.len() as u64));
-        let mut restored_tasks = Vec::new();
-        let outcome = self.restore_entries(
-            pending,
-            opts.dry_run,
-            &mut report,
-            &mut restored_tasks,
-            progress,
-        );
-        let outcome = outcome.await;
-        self.audit.sync()?;
-        outcome?;
-        self.warn_of_revoked(&restored_tasks, &mut report).await;
-        if let (true, false, None, Some(run)) = (unrecorded, opts.dry_run, &record, &run_id) {
-            if found_total > 0 && opts.task_ids.is_empty() {
-                let file_here = report.source == RestoreSource::File;
-                self.adopt_unrecorded_run(run, found, found_total, file_here)
-                    .await?;
-            }
-        }
-        progress.finish();
-        Ok(report)
+        Ok(pending)
     }
 
     /// Restores each entry; `restored_tasks` gets the (run id, task id) of each message put back.
@@ -334,11 +384,14 @@ impl Janitor {
         dry_run: bool,
         report: &mut RestoreReport,
         restored_tasks: &mut Vec<(String, String)>,
-        progress: &dyn Progress,
+        cx: &RunCtx<'_>,
     ) -> Result<()> {
         let archive = self.own_key(OwnKey::Archive);
         let global_set = self.own_key(OwnKey::RestoredBefore);
+        let progress = cx.progress;
         for e in entries {
+            // Between entries: each restore is one atomic script.
+            cx.cancel.check()?;
             if dry_run {
                 *report.restored.entry(e.location.as_str()).or_default() += 1;
                 progress.advance(1);
@@ -375,13 +428,15 @@ impl Janitor {
                     {
                         restored_tasks.push((e.run_id.clone(), task.clone()));
                     }
-                    self.audit.record(&AuditEvent::Restore {
-                        run_id: &e.run_id,
-                        archive_id: &e.id,
-                        location: e.location,
-                        key: printable(&e.key),
-                        task_id: e.task_id.as_deref(),
-                    })?;
+                    self.audit
+                        .record(&AuditEvent::Restore {
+                            run_id: &e.run_id,
+                            archive_id: &e.id,
+                            location: e.location,
+                            key: printable(&e.key),
+                            task_id: e.task_id.as_deref(),
+                        })
+                        .await?;
                 }
                 // Restored meanwhile by another `restore`.
                 0 => report.already_restored += 1,

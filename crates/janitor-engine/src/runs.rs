@@ -109,7 +109,7 @@ pub struct RunRecord {
 
 /// What a run reports at its end (see [`Janitor::record_run_end`]).
 #[derive(Debug, Clone)]
-pub struct RunEnd {
+pub(crate) struct RunEnd {
     pub outcome: RunOutcome,
     /// Entries removed per location: orphans and expired results.
     pub removed: LocationCounts,
@@ -185,6 +185,7 @@ impl Janitor {
             ended_at: None,
             archive_file: self
                 .audit
+                .log()
                 .archive_path(run_id)
                 .to_string_lossy()
                 .into_owned(),
@@ -243,7 +244,10 @@ impl Janitor {
                 Err(e) => Err(e),
             }
         };
-        let synced = complete.and_then(|()| self.audit.sync());
+        let synced = match complete {
+            Ok(()) => self.audit.sync().await,
+            Err(e) => Err(e),
+        };
         if let Err(e) = &synced {
             tracing::warn!(run_id, error = %e, "the archive file may be incomplete; the next run or `restore` completes it");
         }

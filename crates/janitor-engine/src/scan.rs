@@ -111,24 +111,6 @@ impl RecentWindow {
     }
 }
 
-/// Which locations a scan reads (all by default).
-#[derive(Debug, Clone)]
-pub struct ScanFilter {
-    pub queue: bool,
-    pub unacked: bool,
-    pub result: bool,
-}
-
-impl Default for ScanFilter {
-    fn default() -> Self {
-        ScanFilter {
-            queue: true,
-            unacked: true,
-            result: true,
-        }
-    }
-}
-
 impl Janitor {
     pub(crate) async fn scan(
         &self,

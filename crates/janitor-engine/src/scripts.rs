@@ -296,3 +296,58 @@ pub(crate) fn script_error(err: redis::RedisError, keys: &[&[u8]], archive: &[u8
         _ => err.into(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A script's error reply, as the driver hands it over.
+    fn reply_error(line: &str) -> redis::RedisError {
+        match redis::parse_redis_value(format!("-{line}\r\n").as_bytes()).unwrap() {
+            Value::ServerError(e) => e.into(),
+            other => panic!("not an error reply: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn lua_error_codes_become_variants() {
+        let keys: [&[u8]; 2] = [b"celery", b"celery-janitor:archive"];
+        let archive = keys[1];
+        let cases = [
+            (
+                "LOCKLOST celery-janitor lock is not held by this run",
+                "LockLost",
+            ),
+            (
+                "MUTEXLOST unacked_mutex is not held by this run",
+                "MutexLost",
+            ),
+            ("CJARCHIVE OOM command not allowed", "ArchiveWrite"),
+            ("CJWRONGTYPE 1 hash list", "WrongType"),
+        ];
+        for (line, want) in cases {
+            let err = script_error(reply_error(line), &keys, archive);
+            assert!(format!("{err:?}").starts_with(want), "{line}: {err:?}");
+        }
+        match script_error(reply_error("CJWRONGTYPE 1 hash list"), &keys, archive) {
+            EngineError::WrongType { key, found, .. } => {
+                assert_eq!((key.as_str(), found.as_str()), ("celery", "hash"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_short_reply_is_an_error_not_gone() {
+        let reply = vec![Value::Nil; 3];
+        match expect_pairs(reply, 2, "remove_results.lua") {
+            Err(EngineError::ScriptReply { got, expected, .. }) => {
+                assert_eq!((got, expected), (3, 4));
+            }
+            Err(other) => panic!("{other:?}"),
+            Ok(_) => panic!("a short reply was accepted"),
+        }
+        let pairs: Vec<_> = expect_pairs(vec![Value::Nil; 4], 2, "x").unwrap().collect();
+        assert_eq!(pairs.len(), 2);
+    }
+}
