@@ -27,11 +27,11 @@ pub use archive::{
 };
 pub use cancel::Cancel;
 pub use classify::{Entry, Location, State};
-pub use context::RunCtx;
 pub use cleanup::{
     CleanupOptions, CleanupReport, ExpiredResultsReport, FullCleanupReport, LocationCounts,
     LostRowsReport, RevokeReport, SkipCounts,
 };
+pub use context::RunCtx;
 pub use error::EngineError;
 pub use janitor::{Janitor, RedisInfo, ResultCounts, StatusReport, TaskCounts};
 pub use lock::Holder;
