@@ -156,11 +156,13 @@ pub fn code_blocks(text: &str) -> Vec<CodeBlock> {
     blocks
 }
 
-/// The key structure of a JSON value: object keys and nesting; every scalar (string, number,
-/// bool, null) is a [`Shape::Leaf`].
+/// The key structure of a JSON value: object keys and nesting; every scalar but `null` (string,
+/// number, bool) is a [`Shape::Leaf`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Shape {
     Leaf,
+    /// `null`: agrees with a scalar, and with an object where a path is declared nullable.
+    Null,
     Object(BTreeMap<String, Shape>),
     /// An object whose keys are data (table names, …): only the shape of its values counts.
     /// `None` when it is empty.
@@ -180,11 +182,12 @@ impl Shape {
     fn at(value: &serde_json::Value, path: &str, data_keyed: &[&str]) -> Shape {
         use serde_json::Value as J;
         let one = |items: Vec<Shape>, what: &str| -> Option<Box<Shape>> {
-            let first = items.first().cloned()?;
-            for s in &items[1..] {
-                assert_eq!(&first, s, "{what} at `{path}` differ in shape");
-            }
-            Some(Box::new(first))
+            let mut items = items.into_iter();
+            let first = items.next()?;
+            Some(Box::new(items.fold(first, |a, b| {
+                a.merge(b)
+                    .unwrap_or_else(|| panic!("{what} at `{path}` differ in shape"))
+            })))
         };
         match value {
             J::Object(map) if data_keyed.contains(&path) => Shape::Map(one(
@@ -212,23 +215,56 @@ impl Shape {
                     .collect(),
                 "the elements",
             )),
+            J::Null => Shape::Null,
             _ => Shape::Leaf,
         }
     }
 
+    /// The shape that covers both, when they agree but for scalars that are `null` in one.
+    fn merge(self, other: Shape) -> Option<Shape> {
+        Some(match (self, other) {
+            (Shape::Null, Shape::Null) => Shape::Null,
+            (Shape::Leaf | Shape::Null, Shape::Leaf | Shape::Null) => Shape::Leaf,
+            (Shape::Object(a), Shape::Object(mut b)) => {
+                if !a.keys().eq(b.keys()) {
+                    return None;
+                }
+                let mut merged = BTreeMap::new();
+                for (k, v) in a {
+                    let w = b.remove(&k)?;
+                    merged.insert(k, v.merge(w)?);
+                }
+                Shape::Object(merged)
+            }
+            (Shape::Map(a), Shape::Map(b)) => Shape::Map(Self::merge_inner(a, b)?),
+            (Shape::Array(a), Shape::Array(b)) => Shape::Array(Self::merge_inner(a, b)?),
+            _ => return None,
+        })
+    }
+
+    fn merge_inner(a: Option<Box<Shape>>, b: Option<Box<Shape>>) -> Option<Option<Box<Shape>>> {
+        Some(match (a, b) {
+            (Some(a), Some(b)) => Some(Box::new(a.merge(*b)?)),
+            (a, b) => a.or(b),
+        })
+    }
+
     /// The differences between `self` (documented) and `actual`, one line each, with the path
     /// where they are; empty when the structures agree. An empty array or data-keyed object
-    /// agrees with any of the same kind.
-    pub fn differences(&self, actual: &Shape) -> Vec<String> {
+    /// agrees with any of the same kind, `null` with any scalar, and with an object at the
+    /// paths listed in `nullable` (`orphans.revoke`).
+    pub fn differences(&self, actual: &Shape, nullable: &[&str]) -> Vec<String> {
         let mut out = Vec::new();
-        self.diff(actual, "", &mut out);
+        self.diff(actual, "", nullable, &mut out);
         out
     }
 
-    fn diff(&self, actual: &Shape, path: &str, out: &mut Vec<String>) {
+    fn diff(&self, actual: &Shape, path: &str, nullable: &[&str], out: &mut Vec<String>) {
         let at = if path.is_empty() { "the top" } else { path };
         match (self, actual) {
-            (Shape::Leaf, Shape::Leaf) => {}
+            (Shape::Leaf | Shape::Null, Shape::Leaf | Shape::Null) => {}
+            (Shape::Object(_), Shape::Null) | (Shape::Null, Shape::Object(_))
+                if nullable.contains(&path) => {}
             (Shape::Object(doc), Shape::Object(real)) => {
                 for k in doc.keys().filter(|k| !real.contains_key(*k)) {
                     out.push(format!(
@@ -244,12 +280,12 @@ impl Shape {
                 }
                 for (k, d) in doc {
                     if let Some(r) = real.get(k) {
-                        d.diff(r, &join(path, k), out);
+                        d.diff(r, &join(path, k), nullable, out);
                     }
                 }
             }
             (Shape::Map(Some(d)), Shape::Map(Some(r)))
-            | (Shape::Array(Some(d)), Shape::Array(Some(r))) => d.diff(r, path, out),
+            | (Shape::Array(Some(d)), Shape::Array(Some(r))) => d.diff(r, path, nullable, out),
             (Shape::Map(_), Shape::Map(_)) | (Shape::Array(_), Shape::Array(_)) => {}
             (d, r) => out.push(format!(
                 "at {at}: documented as {}, the output has {}",
@@ -262,6 +298,7 @@ impl Shape {
     fn kind(&self) -> &'static str {
         match self {
             Shape::Leaf => "a scalar",
+            Shape::Null => "null",
             Shape::Object(_) => "an object",
             Shape::Map(_) => "an object keyed by data",
             Shape::Array(_) => "an array",
@@ -314,10 +351,10 @@ mod tests {
             &json!({"a": null, "b": {"c": []}, "t": {}, "e": ["w"]}),
             &["t"],
         );
-        assert_eq!(doc.differences(&same), Vec::<String>::new());
+        assert_eq!(doc.differences(&same, &[]), Vec::<String>::new());
         let other = Shape::of(&json!({"a": {}, "b": {"c": [{"z": 1}]}, "f": 1}), &[]);
         assert_eq!(
-            doc.differences(&other),
+            doc.differences(&other, &[]),
             vec![
                 "`e` is documented but not in the output",
                 "`t` is documented but not in the output",
@@ -326,6 +363,13 @@ mod tests {
                 "`b.c.d` is documented but not in the output",
                 "`b.c.z` is in the output but not documented",
             ]
+        );
+        let revoke = Shape::of(&json!({"r": {"n": 1}, "s": "x"}), &[]);
+        let none = Shape::of(&json!({"r": null, "s": null}), &[]);
+        assert_eq!(revoke.differences(&none, &["r"]), Vec::<String>::new());
+        assert_eq!(
+            revoke.differences(&none, &[]),
+            ["at r: documented as an object, the output has null"]
         );
     }
 }

@@ -41,7 +41,7 @@ impl TestDatabase {
     pub async fn create() -> TestDatabase {
         let admin_url = Self::admin_url();
         let name = format!(
-            "cj_test_{}",
+            "cj_rstest_{}",
             &uuid::Uuid::new_v4().simple().to_string()[..12]
         );
         let mut con = PgConnection::connect(&admin_url).await.unwrap_or_else(|e| {
