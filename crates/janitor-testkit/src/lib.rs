@@ -13,3 +13,34 @@ pub mod fixtures;
 pub mod keyspace;
 pub mod postgres;
 pub mod redis_server;
+
+#[cfg(test)]
+mod tests {
+    /// This crate is test support: no crate of the workspace may depend on it but for its tests.
+    #[test]
+    fn the_testkit_is_only_ever_a_dev_dependency() {
+        let crates = crate::docs::repo_root().join("crates");
+        let mut checked = 0;
+        for dir in std::fs::read_dir(&crates).unwrap() {
+            let manifest = dir.unwrap().path().join("Cargo.toml");
+            let Ok(text) = std::fs::read_to_string(&manifest) else {
+                continue;
+            };
+            let toml: toml::Table = text.parse().unwrap();
+            for section in ["dependencies", "build-dependencies"] {
+                let deps = toml.get(section).and_then(|d| d.as_table());
+                assert!(
+                    deps.is_none_or(|d| !d.contains_key("janitor-testkit")),
+                    "{}: janitor-testkit in [{section}]; it belongs in [dev-dependencies]",
+                    manifest.display()
+                );
+            }
+            checked += 1;
+        }
+        assert!(
+            checked >= 5,
+            "read {checked} manifests in {}",
+            crates.display()
+        );
+    }
+}

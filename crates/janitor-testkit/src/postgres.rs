@@ -23,10 +23,21 @@ pub struct TestDatabase {
 /// The admin URL with its path (the database name) replaced by `name`; the query string (a
 /// socket directory in `?host=`) is kept.
 fn with_database(admin_url: &str, name: &str) -> String {
-    let mut url = url::Url::parse(admin_url)
-        .unwrap_or_else(|e| panic!("{ADMIN_URL_ENV}: not a URL ({e}): {admin_url}"));
+    let mut url =
+        url::Url::parse(admin_url).unwrap_or_else(|e| panic!("{ADMIN_URL_ENV} is not a URL: {e}"));
     url.set_path(&format!("/{name}"));
     url.to_string()
+}
+
+/// `url` with its password, if any, shown as `****`.
+fn without_password(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("****"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
 }
 
 impl TestDatabase {
@@ -40,13 +51,14 @@ impl TestDatabase {
 
     pub async fn create() -> TestDatabase {
         let admin_url = Self::admin_url();
+        let shown = without_password(&admin_url);
         let name = format!(
             "cj_rstest_{}",
             &uuid::Uuid::new_v4().simple().to_string()[..12]
         );
         let mut con = PgConnection::connect(&admin_url).await.unwrap_or_else(|e| {
             panic!(
-                "cannot reach PostgreSQL at {admin_url}: {e}\n\
+                "cannot reach PostgreSQL at {shown}: {e}\n\
                  These tests need a PostgreSQL server where they may create a database of their \
                  own: start it (scripts/setup installs it; scripts/test starts it), or set \
                  {ADMIN_URL_ENV} to a URL allowed to CREATE DATABASE."
@@ -55,7 +67,7 @@ impl TestDatabase {
         sqlx::raw_sql(&format!("CREATE DATABASE \"{name}\""))
             .execute(&mut con)
             .await
-            .unwrap_or_else(|e| panic!("CREATE DATABASE {name} at {admin_url}: {e}"));
+            .unwrap_or_else(|e| panic!("CREATE DATABASE {name} at {shown}: {e}"));
         let _ = con.close().await;
         let url = with_database(&admin_url, &name);
         TestDatabase {
