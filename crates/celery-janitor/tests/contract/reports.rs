@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use crate::world::{insta_settings, Run, World};
 
 /// The sequence: snapshot name and arguments (`--json` is added for the JSON sequence).
-const STEPS: [(&str, &[&str]); 12] = [
+pub(crate) const STEPS: [(&str, &[&str]); 12] = [
     ("01_status", &["status", "--grace", "0"]),
     ("02_tasks", &["tasks", "--grace", "0"]),
     (

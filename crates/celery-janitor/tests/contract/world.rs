@@ -57,8 +57,7 @@ lost_after_minutes = 60
 "#;
 
 pub(crate) struct World {
-    /// Kept for the world's lifetime: dropping it stops the server.
-    _redis: TestRedis,
+    pub(crate) redis: TestRedis,
     pub(crate) db: TestDatabase,
     dir: tempfile::TempDir,
     config: PathBuf,
@@ -111,7 +110,7 @@ impl World {
         )
         .unwrap();
         World {
-            _redis: redis,
+            redis,
             db,
             dir,
             config,
@@ -173,11 +172,15 @@ pub(crate) fn run_bin(args: &[&str], dir: &Path) -> Run {
 pub(crate) fn common_filters() -> Vec<(String, String)> {
     [
         (r"\d{8}T\d{6}Z-[0-9a-f]{8}", "[RUN_ID]"),
+        // Redis stream ids: the archive ids.
+        (r"\b\d{13}-\d+\b", "[ARCHIVE_ID]"),
         (
             r"\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(\.\d+)?( UTC|Z|\+00:00)?",
             "[TIME]",
         ),
         (r"127\.0\.0\.1:\d+", "127.0.0.1:[PORT]"),
+        // Durations counted from the moment of the run (a lock's remaining time).
+        (r"\b(in|after|for) \d+(\.\d+)? (s|ms)\b", "$1 [DURATION] $3"),
         (r"(memory used: +)\S+ \S+", "$1[MEMORY]"),
         (r"(client connections: +)\d+", "$1[CLIENTS]"),
     ]
