@@ -1,8 +1,8 @@
-//! docs/cli.md held against the code: the environment-variable table against
-//! `janitor_config::env::ALL`, the TOML example against the keys the config parser accepts, the
-//! JSON examples against the key structure of the real `--json` output (see `reports.rs`), and
-//! the `[env: …]` hints of `--help` against the registry. (The exit-code table is checked in
-//! `src/exit.rs`, where the codes are.)
+//! docs/cli.md held against the code: the command table and global flags against `--help`, the
+//! environment-variable table against `janitor_config::env::ALL`, the TOML example against the
+//! keys the config parser accepts, the JSON examples against the key structure of the real
+//! `--json` output (see `reports.rs`), and the `[env: …]` hints of `--help` against the registry.
+//! (The exit-code table is checked in `src/exit.rs`, where the codes are.)
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -186,4 +186,65 @@ fn help_names_only_registered_environment_variables() {
     ] {
         assert!(named.contains(name), "no --help names {name}: {named:?}");
     }
+}
+
+/// The long flags a `--help` lists under `Options:` (`-q, --quiet` → `--quiet`).
+fn help_flags(stdout: &str) -> BTreeSet<String> {
+    stdout
+        .split_once("Options:\n")
+        .expect("--help lists options")
+        .1
+        .lines()
+        .map(str::trim_start)
+        .filter(|l| l.starts_with('-'))
+        .filter_map(|l| {
+            l.split([' ', ','])
+                .find(|t| t.starts_with("--"))
+                .map(str::to_owned)
+        })
+        .filter(|f| f != "--help" && f != "--version")
+        .collect()
+}
+
+/// The long flags named in a piece of docs text (`[--run RUN_ID \| --all]` → both).
+fn named_flags(text: &str) -> BTreeSet<String> {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+        .filter(|t| t.starts_with("--") && t.len() > 2)
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn the_command_table_and_global_flags_are_the_help() {
+    let doc = Doc::cli();
+    let commands = doc.section("## Commands");
+    let global_line = commands
+        .split_once("Global flags:")
+        .expect("## Commands names the global flags")
+        .1
+        .split_once("\n\n")
+        .unwrap()
+        .0;
+    let global = help_flags(&crate::help::help(&[]).stdout);
+    assert_eq!(
+        named_flags(global_line),
+        global,
+        "docs/cli.md's global flags differ from --help"
+    );
+    let mut documented = Vec::new();
+    for row in table(commands) {
+        let usage = code_spans(&row[0]).join(" ");
+        let name = usage.split_whitespace().next().unwrap().to_owned();
+        let own: BTreeSet<String> = help_flags(&crate::help::help(&[&name]).stdout)
+            .difference(&global)
+            .cloned()
+            .collect();
+        assert_eq!(
+            named_flags(&usage),
+            own,
+            "docs/cli.md's `{name}` row differs from `{name} --help`"
+        );
+        documented.push(name);
+    }
+    assert_eq!(documented, crate::help::subcommands());
 }
