@@ -28,6 +28,41 @@ impl From<Code> for std::process::ExitCode {
     }
 }
 
+// The list and the meanings are the contract of docs/cli.md's exit-code table, which the tests
+// below hold against them; the binary itself only needs the codes.
+#[cfg_attr(
+    not(test),
+    expect(dead_code, reason = "read by the docs/cli.md check in the tests")
+)]
+impl Code {
+    /// Every exit code, in the order of docs/cli.md's table.
+    pub(crate) const ALL: [Code; 7] = [
+        Code::Success,
+        Code::Failure,
+        Code::Config,
+        Code::RedisUnavailable,
+        Code::DatabaseUnavailable,
+        Code::Busy,
+        Code::Interrupted,
+    ];
+
+    /// What the code means, as docs/cli.md says it.
+    pub(crate) fn meaning(self) -> &'static str {
+        match self {
+            Code::Success => "success",
+            Code::Failure => "the command failed at run time",
+            Code::Config => "usage or configuration error",
+            Code::RedisUnavailable => "Redis unreachable",
+            Code::DatabaseUnavailable => "database unreachable",
+            Code::Busy => "another cleanup holds the janitor lock; nothing was changed",
+            Code::Interrupted => {
+                "interrupted by Ctrl-C or SIGTERM between batches; what was done is archived, \
+                 audited and recorded"
+            }
+        }
+    }
+}
+
 impl Code {
     pub(crate) fn of(err: &anyhow::Error) -> Code {
         if err.downcast_ref::<ConfigError>().is_some() {
@@ -87,5 +122,52 @@ pub(crate) fn hint(err: &anyhow::Error) -> Option<&'static str> {
             "something other than Celery and celery-janitor wrote that key; inspect it (TYPE, then DUMP) and rename or delete it",
         ),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Code;
+    use janitor_testkit::docs::{table, Doc};
+
+    /// docs/cli.md's exit-code table is exactly [`Code::ALL`] with its meanings, in order.
+    #[test]
+    fn the_exit_code_table_of_the_docs_is_the_code() {
+        let doc = Doc::cli();
+        let documented: Vec<(String, String)> = table(doc.section("## Exit codes"))
+            .into_iter()
+            .map(|row| match row.as_slice() {
+                [code, meaning] => (code.clone(), meaning.clone()),
+                other => panic!("an exit-code row has two cells: {other:?}"),
+            })
+            .collect();
+        let code: Vec<(String, String)> = Code::ALL
+            .iter()
+            .map(|&c| ((c as u8).to_string(), c.meaning().to_owned()))
+            .collect();
+        assert_eq!(
+            documented, code,
+            "docs/cli.md's exit codes differ from Code::ALL (crates/celery-janitor/src/exit.rs)"
+        );
+    }
+
+    /// `--help`'s one-line summary names the same codes.
+    #[test]
+    fn the_help_summary_names_every_exit_code() {
+        use clap::CommandFactory;
+        let about = crate::cli::Cli::command()
+            .get_long_about()
+            .expect("a long about")
+            .to_string();
+        let summary = about
+            .split_once("Exit codes: ")
+            .expect("the long about lists the exit codes")
+            .1;
+        let named: Vec<u8> = summary
+            .split(", ")
+            .map(|item| item.split(' ').next().unwrap().parse().expect(item))
+            .collect();
+        let all: Vec<u8> = Code::ALL.iter().map(|&c| c as u8).collect();
+        assert_eq!(named, all, "{summary}");
     }
 }

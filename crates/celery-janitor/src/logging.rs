@@ -9,8 +9,9 @@ use tracing_subscriber::fmt::writer::MakeWriterExt;
 use tracing_subscriber::EnvFilter;
 
 pub(crate) fn init(app_log: &Path, verbose: bool) {
-    let filter =
-        || EnvFilter::try_from_env("CELERY_JANITOR_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = || {
+        EnvFilter::try_from_env(janitor_config::env::LOG).unwrap_or_else(|_| EnvFilter::new("info"))
+    };
     let file = janitor_engine::open_private_append(app_log).ok();
     if file.is_none() {
         eprintln!(

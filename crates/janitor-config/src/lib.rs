@@ -5,6 +5,7 @@
 //! result into [`Settings`], which the rest of the program uses. Environment variables are the
 //! constants in [`env`]. URLs are held in [`SecretUrl`], which never prints a password.
 
+mod keys;
 mod owners;
 mod secret;
 mod starter;
@@ -13,13 +14,17 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use keys::file_keys;
 pub use owners::{
     quote_ident, IdSource, LostRowRule, OwnerMatch, OwnerRule, OwnerRuleFile, Owners,
 };
 pub use secret::{redact_url, SecretUrl};
 pub use starter::STARTER_CONFIG;
 
-/// Environment variables, each read in exactly one place ([`resolve`]).
+/// Every environment variable celery-janitor reads, each read in exactly one place: the settings
+/// in [`resolve`], the user config directory in [`Discovery::standard`], the log filter in the
+/// binary's logging setup. [`env::ALL`] is the complete list; docs/cli.md's table is checked
+/// against it.
 pub mod env {
     /// Path of the TOML config file.
     pub const CONFIG: &str = "CELERY_JANITOR_CONFIG";
@@ -33,6 +38,26 @@ pub mod env {
     pub const CLEANUP_ON_STARTUP: &str = "CELERY_JANITOR_CLEANUP_ON_STARTUP";
     /// Overrides `[cleanup] grace_seconds`.
     pub const GRACE_SECONDS: &str = "CELERY_JANITOR_GRACE_SECONDS";
+    /// The user config directory, where the config file is looked for when none is named.
+    pub const XDG_CONFIG_HOME: &str = "XDG_CONFIG_HOME";
+    /// `$HOME/.config` is the user config directory when `XDG_CONFIG_HOME` is unset.
+    pub const HOME: &str = "HOME";
+    /// Log filter of the application log (`info` by default; e.g. `debug`), in
+    /// `tracing_subscriber::EnvFilter` syntax.
+    pub const LOG: &str = "CELERY_JANITOR_LOG";
+
+    /// Every variable above.
+    pub const ALL: [&str; 9] = [
+        CONFIG,
+        REDIS_URL,
+        DATABASE_URL,
+        MAX_AGE_HOURS,
+        GRACE_SECONDS,
+        CLEANUP_ON_STARTUP,
+        XDG_CONFIG_HOME,
+        HOME,
+        LOG,
+    ];
 }
 
 /// Defaults, in one place.
@@ -208,9 +233,9 @@ impl Discovery {
         let get = |k: &str| get_env(k).filter(|v| !v.is_empty()).map(PathBuf::from);
         Discovery {
             working_dir: std::env::current_dir().ok(),
-            user_config_dir: get("XDG_CONFIG_HOME")
+            user_config_dir: get(env::XDG_CONFIG_HOME)
                 .filter(|p| p.is_absolute())
-                .or_else(|| get("HOME").map(|h| h.join(".config"))),
+                .or_else(|| get(env::HOME).map(|h| h.join(".config"))),
         }
     }
 

@@ -6,19 +6,14 @@
 //! bytes and nothing else, and that restore puts every byte back. The Python interop suite does
 //! the same with a live Celery and PostgreSQL; this one runs in `cargo test`.
 
-#[path = "../../janitor-wire/tests/support/mod.rs"]
-mod support;
-
-mod harness;
-
 use std::collections::BTreeMap;
 
-use harness::{Snapshot, TestRedis};
 use janitor_engine::{
     CleanupOptions, Janitor, Location, NoProgress, PlanOptions, ReadOptions, RestoreOptions,
     RunCtx, State,
 };
-use support::{Capture, Dump};
+use janitor_testkit::fixtures::{self as support, Capture, Dump};
+use janitor_testkit::redis_server::{Snapshot, TestRedis};
 
 /// Rows that exist in the owner table: `app.add(2, …)` and `app.add(3, …)` are live.
 const LIVE_IDS: [i64; 2] = [2, 3];

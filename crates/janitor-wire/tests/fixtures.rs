@@ -6,11 +6,10 @@
 //! the versions differ (priority restore in kombu 5.3, naive `date_done` in celery 5.3, the 5.7
 //! binding bookkeeping and chord claim keys) the spec says which capture shows what.
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
+use janitor_testkit::fixtures as support;
 use janitor_wire::result::parse_timestamp;
 use janitor_wire::{
     BackendKey, BackendLayout, BodyError, BrokerKey, BrokerLayout, Envelope, GroupMeta, Protocol,

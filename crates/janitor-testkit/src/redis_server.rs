@@ -1,22 +1,24 @@
-//! Test harness: a `redis-server` of the test's own on a free port (never the machine's), a
-//! loader for captured dumps, and byte-exact keyspace snapshots.
-
-#![allow(dead_code)]
+//! A `redis-server` of the test's own on a free port (never the machine's, which a test must not
+//! write to), a loader for captured dumps, and byte-exact keyspace snapshots.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::support::{Dump, Value};
+use crate::fixtures::{show, Dump, Entry, Value};
 
-pub(crate) struct TestRedis {
+/// Prefix of the keys celery-janitor itself writes (after any broker prefix); the same text as
+/// `janitor_engine::OWN_KEY_PREFIX`, which this crate can't depend on (the engine's tests use it).
+pub const OWN_KEY_PREFIX: &[u8] = b"celery-janitor:";
+
+pub struct TestRedis {
     child: Child,
     port: u16,
     _dir: tempfile::TempDir,
 }
 
 impl TestRedis {
-    pub(crate) async fn start() -> TestRedis {
+    pub async fn start() -> TestRedis {
         for _ in 0..20 {
             let port = std::net::TcpListener::bind("127.0.0.1:0")
                 .unwrap()
@@ -38,7 +40,9 @@ impl TestRedis {
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
-                .expect("redis-server must be installed (scripts/setup installs it)");
+                .unwrap_or_else(|e| {
+                    panic!("cannot run redis-server ({e}): it must be installed (scripts/setup installs it)")
+                });
             let mut redis = TestRedis {
                 child,
                 port,
@@ -62,22 +66,22 @@ impl TestRedis {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
-        panic!("could not start a redis-server");
+        panic!("could not start a redis-server on a free port (20 tries)");
     }
 
-    pub(crate) fn url(&self) -> String {
+    pub fn url(&self) -> String {
         self.url_db(0)
     }
 
-    pub(crate) fn url_db(&self, db: i64) -> String {
+    pub fn url_db(&self, db: i64) -> String {
         format!("redis://127.0.0.1:{}/{db}", self.port)
     }
 
-    pub(crate) async fn con(&self) -> redis::aio::MultiplexedConnection {
+    pub async fn con(&self) -> redis::aio::MultiplexedConnection {
         self.con_db(0).await
     }
 
-    pub(crate) async fn con_db(&self, db: i64) -> redis::aio::MultiplexedConnection {
+    pub async fn con_db(&self, db: i64) -> redis::aio::MultiplexedConnection {
         redis::Client::open(self.url_db(db))
             .unwrap()
             .get_multiplexed_async_connection()
@@ -86,18 +90,13 @@ impl TestRedis {
     }
 
     /// Writes a captured keyspace into database 0.
-    pub(crate) async fn load(&self, dump: &Dump) {
+    pub async fn load(&self, dump: &Dump) {
         self.load_into(dump, 0, |_| true).await
     }
 
     /// Writes the entries `pick` selects into database `db`. Lists keep their order (the dump
     /// is head first).
-    pub(crate) async fn load_into(
-        &self,
-        dump: &Dump,
-        db: i64,
-        pick: impl Fn(&crate::support::Entry) -> bool,
-    ) {
+    pub async fn load_into(&self, dump: &Dump, db: i64, pick: impl Fn(&Entry) -> bool) {
         let mut con = self.con_db(db).await;
         for e in dump.entries.iter().filter(|e| pick(e)) {
             let cmd = match &e.value {
@@ -152,7 +151,7 @@ impl Drop for TestRedis {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Val {
+pub enum Val {
     List(Vec<Vec<u8>>),
     Hash(BTreeMap<Vec<u8>, Vec<u8>>),
     Zset(BTreeMap<Vec<u8>, String>),
@@ -162,14 +161,14 @@ pub(crate) enum Val {
 
 /// Every key but celery-janitor's own, byte for byte (TTLs aside).
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Snapshot(pub BTreeMap<Vec<u8>, Val>);
+pub struct Snapshot(pub BTreeMap<Vec<u8>, Val>);
 
 impl Snapshot {
-    pub(crate) async fn take(redis: &TestRedis) -> Snapshot {
+    pub async fn take(redis: &TestRedis) -> Snapshot {
         Self::take_db(redis, 0).await
     }
 
-    pub(crate) async fn take_db(redis: &TestRedis, db: i64) -> Snapshot {
+    pub async fn take_db(redis: &TestRedis, db: i64) -> Snapshot {
         let mut con = redis.con_db(db).await;
         let mut keys: Vec<Vec<u8>> = Vec::new();
         let mut cursor = 0u64;
@@ -190,7 +189,7 @@ impl Snapshot {
         let mut map = BTreeMap::new();
         for k in keys {
             // celery-janitor's own keys (after any broker prefix) are not Celery's state.
-            if k.windows(15).any(|w| w == b"celery-janitor:") {
+            if k.windows(OWN_KEY_PREFIX.len()).any(|w| w == OWN_KEY_PREFIX) {
                 continue;
             }
             let ty: String = redis::cmd("TYPE")
@@ -240,7 +239,7 @@ impl Snapshot {
                         .await
                         .unwrap(),
                 ),
-                other => panic!("unexpected type {other} of {}", crate::support::show(&k)),
+                other => panic!("unexpected type {other} of {}", show(&k)),
             };
             map.insert(k, v);
         }
@@ -248,7 +247,7 @@ impl Snapshot {
     }
 
     /// `after` must equal `self` minus exactly the `removed` (key, value) entries.
-    pub(crate) fn assert_only_removed(
+    pub fn assert_only_removed(
         &self,
         after: &Snapshot,
         removed: &[(Vec<u8>, Vec<u8>)],
@@ -292,7 +291,7 @@ impl Snapshot {
     }
 
     /// Same keys and values; list order may differ (restored messages go to the consume end).
-    pub(crate) fn assert_same_content(&self, other: &Snapshot, what: &str) {
+    pub fn assert_same_content(&self, other: &Snapshot, what: &str) {
         let norm = |s: &Snapshot| {
             let mut m = s.0.clone();
             for v in m.values_mut() {

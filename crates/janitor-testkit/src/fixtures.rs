@@ -1,4 +1,5 @@
-//! Reads the captured fixture files, so the specs in `fixtures.rs` can talk about keys and values.
+//! Reads the captured fixture files (`crates/janitor-wire/tests/fixtures/`), so the wire specs,
+//! the engine specs and the CLI contract tests can talk about keys and values.
 //!
 //! The dumps are Python `repr`s, and the values that matter (envelopes, binary keys with
 //! `\x06\x16`) are bytes literals: they are decoded exactly, escape by escape, into `Vec<u8>`,
@@ -6,15 +7,13 @@
 //! the cut literal is kept as a [`Blob`] marked `cut`, so a spec can tell "truncated by the
 //! capture" from "malformed in Redis".
 
-#![allow(dead_code)] // Each helper is used by some spec, not necessarily every one.
-
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 /// The folders under `tests/fixtures/`, one per captured run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) enum Capture {
+pub enum Capture {
     /// celery 5.3.6 / kombu 5.3.7.
     Celery53,
     /// celery 5.5.3 / kombu 5.5.4.
@@ -26,14 +25,14 @@ pub(crate) enum Capture {
 }
 
 impl Capture {
-    pub(crate) const ALL: [Capture; 4] = [
+    pub const ALL: [Capture; 4] = [
         Capture::Celery53,
         Capture::Celery55,
         Capture::Celery57Same,
         Capture::Celery57,
     ];
 
-    pub(crate) fn folder(self) -> &'static str {
+    pub fn folder(self) -> &'static str {
         match self {
             Capture::Celery53 => "celery-5.3",
             Capture::Celery55 => "celery-5.5",
@@ -44,7 +43,7 @@ impl Capture {
 
     /// kombu ≥ 5.7 writes `_kombu.binding_permanent.*` and `_kombu.binding_deadlines`, and
     /// celery 5.7 leaves the chord claim key `.c`.
-    pub(crate) fn is_57(self) -> bool {
+    pub fn is_57(self) -> bool {
         matches!(self, Capture::Celery57Same | Capture::Celery57)
     }
 }
@@ -55,19 +54,18 @@ impl fmt::Display for Capture {
     }
 }
 
-/// The vendored fixtures. Spelled through the crates folder so the engine's tests, which
-/// include this module too, find them as well.
-pub(crate) fn fixtures_dir() -> PathBuf {
+/// The vendored fixtures, which belong to `janitor-wire` (they pin its wire model).
+pub fn fixtures_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../janitor-wire/tests/fixtures")
 }
 
 /// The scenario a fixture file belongs to: its name up to the first `_` (`C3b`, `J2`, …).
-pub(crate) fn scenario_of(file_name: &str) -> &str {
+pub fn scenario_of(file_name: &str) -> &str {
     file_name.split('_').next().unwrap_or(file_name)
 }
 
 /// Every file of `capture`'s folder, sorted by name.
-pub(crate) fn files_in(capture: Capture) -> Vec<PathBuf> {
+pub fn files_in(capture: Capture) -> Vec<PathBuf> {
     let dir = fixtures_dir().join(capture.folder());
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
@@ -79,7 +77,7 @@ pub(crate) fn files_in(capture: Capture) -> Vec<PathBuf> {
 
 /// The files of one scenario in every capture that has it. Panics if none does, so a spec
 /// cannot pass by reading nothing.
-pub(crate) fn scenario(id: &str) -> Vec<(Capture, PathBuf)> {
+pub fn scenario(id: &str) -> Vec<(Capture, PathBuf)> {
     let found: Vec<(Capture, PathBuf)> = Capture::ALL
         .into_iter()
         .flat_map(|c| files_in(c).into_iter().map(move |p| (c, p)))
@@ -89,25 +87,25 @@ pub(crate) fn scenario(id: &str) -> Vec<(Capture, PathBuf)> {
     found
 }
 
-pub(crate) fn file_name(path: &Path) -> String {
+pub fn file_name(path: &Path) -> String {
     path.file_name().unwrap().to_string_lossy().into_owned()
 }
 
 /// A byte string from the dump; `cut` when the capture script truncated it, in which case
 /// `bytes` is only the part that was kept (without any `...` marker).
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Blob {
+pub struct Blob {
     pub bytes: Vec<u8>,
     pub cut: bool,
 }
 
 impl Blob {
     /// The bytes of a value the capture kept whole.
-    pub(crate) fn whole(&self) -> Option<&[u8]> {
+    pub fn whole(&self) -> Option<&[u8]> {
         (!self.cut).then_some(self.bytes.as_slice())
     }
 
-    pub(crate) fn contains(&self, needle: &str) -> bool {
+    pub fn contains(&self, needle: &str) -> bool {
         self.bytes
             .windows(needle.len())
             .any(|w| w == needle.as_bytes())
@@ -116,7 +114,7 @@ impl Blob {
 
 /// One key's value, typed by the dump's `type=`.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Value {
+pub enum Value {
     /// `LRANGE 0 -1`: newest first.
     List(Vec<Blob>),
     /// `HGETALL`, in the dump's order.
@@ -130,7 +128,7 @@ pub(crate) enum Value {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Entry {
+pub struct Entry {
     /// The `== db1` / `# broker db 1` header above the key, if any.
     pub section: Option<String>,
     pub key: Vec<u8>,
@@ -139,20 +137,20 @@ pub(crate) struct Entry {
 }
 
 impl Entry {
-    pub(crate) fn key_text(&self) -> String {
+    pub fn key_text(&self) -> String {
         show(&self.key)
     }
 }
 
 /// A parsed `.txt` dump.
 #[derive(Debug, Clone)]
-pub(crate) struct Dump {
+pub struct Dump {
     pub name: String,
     pub entries: Vec<Entry>,
 }
 
 impl Dump {
-    pub(crate) fn load(path: &Path) -> Dump {
+    pub fn load(path: &Path) -> Dump {
         let text =
             std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let name = format!(
@@ -166,44 +164,44 @@ impl Dump {
         }
     }
 
-    pub(crate) fn get(&self, key: &[u8]) -> Option<&Entry> {
+    pub fn get(&self, key: &[u8]) -> Option<&Entry> {
         self.entries.iter().find(|e| e.key == key)
     }
 
-    pub(crate) fn entry(&self, key: &[u8]) -> &Entry {
+    pub fn entry(&self, key: &[u8]) -> &Entry {
         self.get(key)
             .unwrap_or_else(|| panic!("{}: no key {}", self.name, show(key)))
     }
 
-    pub(crate) fn list(&self, key: &[u8]) -> &[Blob] {
+    pub fn list(&self, key: &[u8]) -> &[Blob] {
         match &self.entry(key).value {
             Value::List(items) => items,
             other => panic!("{}: {} is not a list: {other:?}", self.name, show(key)),
         }
     }
 
-    pub(crate) fn hash(&self, key: &[u8]) -> &[(Vec<u8>, Blob)] {
+    pub fn hash(&self, key: &[u8]) -> &[(Vec<u8>, Blob)] {
         match &self.entry(key).value {
             Value::Hash(fields) => fields,
             other => panic!("{}: {} is not a hash: {other:?}", self.name, show(key)),
         }
     }
 
-    pub(crate) fn zset(&self, key: &[u8]) -> BTreeMap<Vec<u8>, f64> {
+    pub fn zset(&self, key: &[u8]) -> BTreeMap<Vec<u8>, f64> {
         match &self.entry(key).value {
             Value::Zset(members) => members.iter().cloned().collect(),
             other => panic!("{}: {} is not a zset: {other:?}", self.name, show(key)),
         }
     }
 
-    pub(crate) fn set(&self, key: &[u8]) -> &[Vec<u8>] {
+    pub fn set(&self, key: &[u8]) -> &[Vec<u8>] {
         match &self.entry(key).value {
             Value::Set(members) => members,
             other => panic!("{}: {} is not a set: {other:?}", self.name, show(key)),
         }
     }
 
-    pub(crate) fn string(&self, key: &[u8]) -> &[u8] {
+    pub fn string(&self, key: &[u8]) -> &[u8] {
         match &self.entry(key).value {
             Value::String(blob) => blob
                 .whole()
@@ -214,7 +212,7 @@ impl Dump {
 }
 
 /// Renders bytes the way the dump does, for messages.
-pub(crate) fn show(bytes: &[u8]) -> String {
+pub fn show(bytes: &[u8]) -> String {
     bytes.escape_ascii().to_string()
 }
 
@@ -326,7 +324,7 @@ fn typed(kind: &str, py: Py) -> Result<Value, String> {
 
 /// The subset of Python literals the dumps use.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Py {
+pub enum Py {
     Bytes(Blob),
     Int(i64),
     Float(f64),
@@ -339,7 +337,7 @@ pub(crate) enum Py {
 
 /// Parses one Python literal. A line that ends inside a bytes literal is accepted as cut: the
 /// literal becomes a cut [`Blob`] and every open container closes there.
-pub(crate) fn parse_py(text: &str) -> Result<Py, String> {
+pub fn parse_py(text: &str) -> Result<Py, String> {
     let mut p = PyParser::new(text);
     let value = p.value()?;
     p.skip_ws();
@@ -574,7 +572,7 @@ impl<'a> PyParser<'a> {
 }
 
 /// The raw values of a `.jsonl` file, one per line.
-pub(crate) fn jsonl(path: &Path) -> Vec<Vec<u8>> {
+pub fn jsonl(path: &Path) -> Vec<Vec<u8>> {
     let raw = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     raw.split(|&b| b == b'\n')
         .filter(|line| !line.is_empty())

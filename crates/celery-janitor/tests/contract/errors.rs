@@ -1,0 +1,74 @@
+//! The exit codes of docs/cli.md as the real binary gives them, with their messages: a usage
+//! error and a configuration error (2), Redis and the database unreachable (3, 4), and a
+//! cleanup refused while another holds the run lock (5). Each runs against the fixed world and
+//! must change nothing.
+
+use crate::world::{insta_settings, World};
+
+/// The cases, in order: their snapshots are `error_<case>`.
+pub(crate) const CASES: [&str; 5] = [
+    "usage",
+    "config",
+    "redis_unreachable",
+    "database_unreachable",
+    "busy",
+];
+
+/// A port nothing listens on (connections are refused at once).
+const CLOSED: &str = "127.0.0.1:1";
+
+#[tokio::test]
+async fn exit_codes_and_messages_of_failures() {
+    let world = World::new().await;
+    let settings = insta_settings(&world.filters());
+    let _guard = settings.bind_to_scope();
+    let redis_url = format!("redis://{CLOSED}/0");
+    let database_url = format!("postgresql://root@{CLOSED}/nowhere");
+    let cases: [(&str, Vec<&str>, i32); 5] = [
+        ("usage", vec!["status", "--no-such-flag"], 2),
+        ("config", vec!["cleanup-orphaned", "--grace", "-1"], 2),
+        (
+            "redis_unreachable",
+            vec!["--redis-url", &redis_url, "status", "--grace", "0"],
+            3,
+        ),
+        (
+            "database_unreachable",
+            vec!["--database-url", &database_url, "status", "--grace", "0"],
+            4,
+        ),
+        ("busy", vec!["cleanup-orphaned", "--grace", "0"], 5),
+    ];
+    assert_eq!(cases.iter().map(|c| c.0).collect::<Vec<_>>(), CASES);
+    let before = janitor_testkit::redis_server::Snapshot::take(&world.redis).await;
+    for (name, args, code) in cases {
+        if name == "busy" {
+            hold_the_lock(&world).await;
+        }
+        let run = world.run(&args);
+        assert_eq!(run.code, code, "{}", run.render());
+        insta::assert_snapshot!(format!("error_{name}"), run.render());
+    }
+    let after = janitor_testkit::redis_server::Snapshot::take(&world.redis).await;
+    assert_eq!(before, after, "a failed command changed Celery's keys");
+}
+
+/// Another run's lock, as celery-janitor writes it, held by a process of another host.
+async fn hold_the_lock(world: &World) {
+    let mut con = world.redis.con().await;
+    let holder = serde_json::json!({
+        "host": "worker-7",
+        "pid": 4242,
+        "run_id": "20261128T041200Z-0badf00d",
+        "since": "2026-11-28T04:12:00Z",
+        "token": "0123456789abcdef",
+    });
+    let _: () = redis::cmd("SET")
+        .arg("celery-janitor:lock")
+        .arg(holder.to_string())
+        .arg("EX")
+        .arg(3600)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+}
