@@ -28,6 +28,7 @@ use crate::lock::RunLock;
 use crate::redis_io::{RedisHandle, WrongTypeReply};
 use crate::reports::LocationCounts;
 use crate::runs::{RunOutcome, RunRecord};
+use crate::scripts::{RestoreKeys, RestoreOutcome, RestoreTarget};
 
 /// How long a set of restored archive ids is kept.
 const RESTORED_KEEP_SECONDS: u64 = 30 * 24 * 3600;
@@ -403,25 +404,30 @@ impl Janitor {
             } else {
                 &e.index_key
             };
-            let keys: [&[u8]; 5] = [&archive, &global_set, &e.key, index_key, &run_set];
-            let mut inv = self.scripts.restore.prepare_invoke();
-            for k in keys {
-                inv.key(k);
-            }
-            inv.arg(&e.id)
-                .arg(e.location.as_str())
-                .arg(&e.value)
-                .arg(&e.field)
-                .arg(&e.score)
-                .arg(e.pttl)
-                .arg(RESTORED_KEEP_SECONDS);
+            let keys = RestoreKeys {
+                archive: &archive,
+                restored_before: &global_set,
+                target: &e.key,
+                index: index_key,
+                restored: &run_set,
+            };
+            let target = RestoreTarget {
+                archive_id: &e.id,
+                kind: e.location.as_str(),
+                value: &e.value,
+                field: &e.field,
+                score: &e.score,
+                pttl: e.pttl,
+            };
             let mut con = self.handle(e.backend).con.clone();
-            let outcome: i64 = inv
-                .invoke_async(&mut con)
+            let outcome = self
+                .scripts
+                .restore
+                .call(&mut con, &keys, &target, RESTORED_KEEP_SECONDS)
                 .await
-                .map_err(|err| script_error(err, &keys, &e.id))?;
+                .map_err(|err| script_error(err, &keys.as_array(), &e.id))?;
             match outcome {
-                1 => {
+                RestoreOutcome::Restored => {
                     *report.restored.entry(e.location.as_str()).or_default() += 1;
                     if let (Location::Queue | Location::Unacked, Some(task)) =
                         (e.location, &e.task_id)
@@ -439,8 +445,8 @@ impl Janitor {
                         .await?;
                 }
                 // Restored meanwhile by another `restore`.
-                0 => report.already_restored += 1,
-                _ => report.skipped += 1,
+                RestoreOutcome::AlreadyRestored => report.already_restored += 1,
+                RestoreOutcome::Occupied => report.skipped += 1,
             }
             progress.advance(1);
         }

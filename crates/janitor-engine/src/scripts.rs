@@ -28,8 +28,7 @@ pub(crate) struct Scripts {
     pub(crate) remove_list: RemoveListEntries,
     pub(crate) remove_unacked: RemoveUnacked,
     pub(crate) remove_results: RemoveResults,
-    /// `restore_entry.lua` (called by `restore.rs`).
-    pub(crate) restore: Script,
+    pub(crate) restore: RestoreEntry,
     /// `lock.lua`: refresh or release a lock by compare-and-set.
     pub(crate) lock: Script,
 }
@@ -40,7 +39,7 @@ impl Scripts {
             remove_list: RemoveListEntries(checked_script!("remove_list_entries.lua")),
             remove_unacked: RemoveUnacked(checked_script!("remove_unacked_entries.lua")),
             remove_results: RemoveResults(checked_script!("remove_results.lua")),
-            restore: checked_script!("restore_entry.lua"),
+            restore: RestoreEntry(checked_script!("restore_entry.lua")),
             lock: Script::new(include_str!("../lua/lock.lua")),
         }
     }
@@ -234,6 +233,82 @@ impl RemoveResults {
                 None => ResultOutcome::Gone,
             })
             .collect())
+    }
+}
+
+/// The keys `restore_entry.lua` works on.
+pub(crate) struct RestoreKeys<'a> {
+    pub(crate) archive: &'a [u8],
+    /// Archive ids restored by versions before per-run sets (only read).
+    pub(crate) restored_before: &'a [u8],
+    /// Where the entry goes back: the list, the `unacked` hash or the result key.
+    pub(crate) target: &'a [u8],
+    /// `unacked_index` for an `unacked` entry; any key name otherwise.
+    pub(crate) index: &'a [u8],
+    /// This run's restored-ids set.
+    pub(crate) restored: &'a [u8],
+}
+
+impl RestoreKeys<'_> {
+    pub(crate) fn as_array(&self) -> [&[u8]; 5] {
+        [
+            self.archive,
+            self.restored_before,
+            self.target,
+            self.index,
+            self.restored,
+        ]
+    }
+}
+
+/// One archived entry to put back, with everything the archive kept of it.
+pub(crate) struct RestoreTarget<'a> {
+    pub(crate) archive_id: &'a str,
+    pub(crate) kind: &'a str,
+    pub(crate) value: &'a [u8],
+    pub(crate) field: &'a [u8],
+    pub(crate) score: &'a str,
+    pub(crate) pttl: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RestoreOutcome {
+    Restored,
+    /// Restored before (this run's set, or an earlier version's global set).
+    AlreadyRestored,
+    /// Something else is where the entry would go: left untouched.
+    Occupied,
+}
+
+pub(crate) struct RestoreEntry(Script);
+
+impl RestoreEntry {
+    /// Puts one entry back, once. A script error comes back as the driver's error, for the
+    /// caller to name the archive entry.
+    pub(crate) async fn call(
+        &self,
+        con: &mut MultiplexedConnection,
+        keys: &RestoreKeys<'_>,
+        t: &RestoreTarget<'_>,
+        keep_seconds: u64,
+    ) -> std::result::Result<RestoreOutcome, redis::RedisError> {
+        let mut inv = self.0.prepare_invoke();
+        for k in keys.as_array() {
+            inv.key(k);
+        }
+        inv.arg(t.archive_id)
+            .arg(t.kind)
+            .arg(t.value)
+            .arg(t.field)
+            .arg(t.score)
+            .arg(t.pttl)
+            .arg(keep_seconds);
+        let outcome: i64 = inv.invoke_async(con).await?;
+        Ok(match outcome {
+            1 => RestoreOutcome::Restored,
+            0 => RestoreOutcome::AlreadyRestored,
+            _ => RestoreOutcome::Occupied,
+        })
     }
 }
 
