@@ -636,7 +636,7 @@ impl<'r> Remover<'r> {
                 .and_then(|(id, fields)| stream_record(id, fields))
                 .ok_or_else(|| EngineError::ArchiveStream {
                     key: printable(archive),
-                    message: format!("entry {id} is missing right after it was written"),
+                    source: format!("entry {id} is missing right after it was written").into(),
                 })?;
             records.push(record);
         }

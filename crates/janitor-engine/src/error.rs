@@ -3,6 +3,8 @@
 
 use crate::lock::Holder;
 
+/// Driver messages of connection failures are kept as scrubbed text (`message`), not as
+/// sources: a driver may echo the URL, password included.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum EngineError {
@@ -69,10 +71,18 @@ pub enum EngineError {
     MutexLost,
     #[error("cannot restore archive entry {archive_id}: {message}")]
     Restore { archive_id: String, message: String },
-    #[error("cannot update the run record {key}: {message}")]
-    RunRecord { key: String, message: String },
-    #[error("cannot read the archive stream {key}: {message}")]
-    ArchiveStream { key: String, message: String },
+    #[error("cannot update the run record {key}: {source}")]
+    RunRecord {
+        key: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("cannot read the archive stream {key}: {source}")]
+    ArchiveStream {
+        key: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("archive record is not valid base64: {0}")]
     ArchiveEncoding(#[from] base64::DecodeError),
     #[error("bad list cursor {cursor:?}: {why}")]

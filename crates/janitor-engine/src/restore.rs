@@ -577,7 +577,7 @@ impl Janitor {
                     .await
                     .map_err(|e| EngineError::ArchiveStream {
                         key: printable(&key),
-                        message: e.to_string(),
+                        source: e.into(),
                     })?;
                 let n = page.len();
                 for (id, fields) in page {

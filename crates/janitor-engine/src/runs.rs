@@ -124,10 +124,10 @@ impl RunEnd {
     }
 }
 
-fn run_error(key: &[u8], e: impl std::fmt::Display) -> EngineError {
+fn run_error(key: &[u8], e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> EngineError {
     EngineError::RunRecord {
         key: crate::archive::printable(key),
-        message: e.to_string(),
+        source: e.into(),
     }
 }
 
