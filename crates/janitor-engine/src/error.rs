@@ -58,6 +58,14 @@ pub enum EngineError {
         context: String,
         source: std::io::Error,
     },
+    /// A listing's cursor that is not one [`Janitor::list`](crate::Janitor::list) handed out for
+    /// this listing (mistyped, from another version, or for other states or locations).
+    #[error("invalid cursor {cursor:?}: {reason}")]
+    BadCursor {
+        /// The cursor as given (its first 64 characters).
+        cursor: String,
+        reason: &'static str,
+    },
     #[error("{0}")]
     Other(String),
 }

@@ -13,6 +13,7 @@ mod context;
 mod error;
 mod host;
 mod janitor;
+mod list;
 mod lock;
 mod owners_db;
 mod progress;
@@ -27,13 +28,14 @@ pub use archive::{
 };
 pub use cancel::Cancel;
 pub use classify::{Entry, Location, State};
-pub use context::RunCtx;
 pub use cleanup::{
     CleanupOptions, CleanupReport, ExpiredResultsReport, FullCleanupReport, LocationCounts,
     LostRowsReport, RevokeReport, SkipCounts,
 };
+pub use context::RunCtx;
 pub use error::EngineError;
 pub use janitor::{Janitor, RedisInfo, ResultCounts, StatusReport, TaskCounts};
+pub use list::{Cursor, ListOptions, Page, TaskRow};
 pub use lock::Holder;
 pub use progress::{NoProgress, Progress};
 pub use restore::{RestoreOptions, RestoreReport, RestoreSource};
