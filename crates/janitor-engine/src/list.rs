@@ -220,10 +220,12 @@ impl Cursor {
 }
 
 impl Janitor {
-    /// One page of classified entries, in scan order: queued and prefetched work first, orphan
-    /// candidates last, once confirmed (like `status`, an orphan's row must still be missing
-    /// `grace_seconds` after the entry was read). Stops with [`EngineError::Interrupted`] when
-    /// `cx` is cancelled (between scan pages or during the grace wait).
+    /// One page of classified entries in scan order (`unacked`, each queue list, results),
+    /// except that entries whose owner row was missing when read come last: like `status`, they
+    /// count as orphaned only if the row is still missing `grace_seconds` after the entry was
+    /// read, so they wait for that (live if the row appeared). Stops with
+    /// [`EngineError::Interrupted`] when `cx` is cancelled (between scan pages or during the
+    /// grace wait), and with [`EngineError::BadCursor`] for a cursor of another listing.
     pub async fn list(&self, o: &ListOptions, cx: &RunCtx<'_>) -> Result<Page<TaskRow>> {
         let filter = Filter::of(o);
         let start = match &o.cursor {
