@@ -3,7 +3,8 @@
 use anyhow::{Context, Result};
 use janitor_config::{Flags, Settings};
 use janitor_engine::{
-    Cancel, CleanupOptions, Janitor, PlanOptions, ReadOptions, RestoreOptions, RunCtx, State,
+    Cancel, CleanupOptions, Janitor, ListOptions, PlanOptions, ReadOptions, RestoreOptions, RunCtx,
+    State,
 };
 
 use crate::cli::{Cli, Command};
@@ -87,17 +88,20 @@ async fn dispatch(settings: Settings, command: Command, quiet: bool) -> Result<C
             ..
         } => {
             let bar = Bar::new(!json && !quiet);
-            let mut rows = Vec::new();
-            let limit = limit.unwrap_or(usize::MAX);
-            let grace = janitor.settings().grace_seconds;
-            janitor
-                .entries(grace, false, &bar, &mut |e| {
-                    if rows.len() < limit && (!orphaned || e.state == State::Orphaned) {
-                        rows.push(output::TaskRow::from(&e));
-                    }
-                })
+            let options = ListOptions {
+                states: if orphaned {
+                    vec![State::Orphaned]
+                } else {
+                    Vec::new()
+                },
+                limit,
+                ..Default::default()
+            };
+            // Ctrl-C keeps its default meaning here: a listing changes nothing, so it just quits.
+            let page = janitor
+                .list(&options, &RunCtx::new(&bar, Cancel::new()))
                 .await?;
-            output::tasks(&rows, json)?;
+            output::tasks(&page.rows, json)?;
         }
         Command::CleanupOrphaned { opts } => {
             let bar = Bar::new(!opts.json && !quiet);

@@ -5,7 +5,7 @@ use std::io::Write;
 use anyhow::Result;
 use janitor_config::Settings;
 use janitor_engine::{
-    CleanupReport, Entry, FullCleanupReport, RestoreReport, RestoreSource, StatusReport,
+    CleanupReport, FullCleanupReport, RestoreReport, RestoreSource, StatusReport, TaskRow,
 };
 use serde::Serialize;
 
@@ -14,52 +14,6 @@ fn print_json<T: Serialize>(value: &T) -> Result<()> {
     serde_json::to_writer_pretty(&mut out, value)?;
     writeln!(out)?;
     Ok(())
-}
-
-/// One row of `tasks --json`.
-#[derive(Debug, Serialize)]
-pub(crate) struct TaskRow {
-    pub task_id: Option<String>,
-    pub task_name: Option<String>,
-    pub location: &'static str,
-    pub queue: Option<String>,
-    pub owner_table: Option<String>,
-    pub owner_id: Option<String>,
-    pub state: &'static str,
-    pub key: String,
-    pub reason: Option<String>,
-    /// The priority sub-list step, for the human table.
-    #[serde(skip)]
-    pub step: Option<u32>,
-}
-
-/// The step of a kombu priority sub-list key (`<queue>\x06\x16<step>`), if it is one.
-fn priority_step(key: &[u8]) -> Option<u32> {
-    let sep = janitor_wire::keys::DEFAULT_SEP;
-    let pos = key.windows(sep.len()).rposition(|w| w == sep)?;
-    std::str::from_utf8(&key[pos + sep.len()..])
-        .ok()?
-        .parse()
-        .ok()
-}
-
-impl From<&Entry> for TaskRow {
-    fn from(e: &Entry) -> Self {
-        TaskRow {
-            task_id: e.task_id.clone(),
-            task_name: e.task_name.clone(),
-            location: e.location.as_str(),
-            queue: e.queue.clone(),
-            owner_table: e.owner_table.clone(),
-            owner_id: e.owner_id.clone(),
-            state: e.state.as_str(),
-            key: janitor_engine::printable(&e.key),
-            reason: e.reason.clone(),
-            step: (e.location == janitor_engine::Location::Queue)
-                .then(|| priority_step(&e.key))
-                .flatten(),
-        }
-    }
 }
 
 fn human_bytes(n: Option<u64>) -> String {
@@ -234,9 +188,9 @@ pub(crate) fn tasks(rows: &[TaskRow], json: bool) -> Result<()> {
         writeln!(
             out,
             "{:<12} {:<8} {:<14} {:<38} {:<32} {}",
-            r.state,
-            r.location,
-            match (&r.queue, r.step) {
+            r.state.as_str(),
+            r.location.as_str(),
+            match (&r.queue, r.priority_step) {
                 (Some(q), Some(step)) => format!("{q} (p{step})"),
                 (Some(q), None) => q.clone(),
                 (None, _) => "-".into(),

@@ -34,7 +34,7 @@ impl Location {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
     /// The owner row exists.
@@ -48,6 +48,13 @@ pub enum State {
 }
 
 impl State {
+    pub const ALL: [State; 4] = [
+        State::Live,
+        State::Orphaned,
+        State::Unowned,
+        State::Undecidable,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             State::Live => "live",

@@ -85,8 +85,14 @@ pub enum EngineError {
     },
     #[error("archive record is not valid base64: {0}")]
     ArchiveEncoding(#[from] base64::DecodeError),
-    #[error("bad list cursor {cursor:?}: {why}")]
-    BadCursor { cursor: String, why: String },
+    /// A listing's cursor that is not one [`Janitor::list`](crate::Janitor::list) handed out for
+    /// this listing (mistyped, from another version, or for other states or locations).
+    #[error("invalid cursor {cursor:?}: {reason}")]
+    BadCursor {
+        /// The cursor as given (its first 64 characters).
+        cursor: String,
+        reason: &'static str,
+    },
 }
 
 fn describe_busy(key: &str, holder: &Option<Box<Holder>>, expires_in_ms: Option<i64>) -> String {

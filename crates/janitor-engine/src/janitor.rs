@@ -1,5 +1,5 @@
 //! [`Janitor`]: the connected engine (broker, result backend, owner database) and the read-only
-//! operations: `status` and listing entries.
+//! operations: `status` and streaming entries (pages of them are `list.rs`).
 
 use std::collections::BTreeMap;
 
@@ -212,12 +212,11 @@ impl Janitor {
     /// as in a cleanup: still missing `grace_seconds` after the scan read them.
     pub async fn status(&self, o: &ReadOptions, cx: &RunCtx<'_>) -> Result<StatusReport> {
         let grace_seconds = o.grace_seconds.unwrap_or(self.settings.grace_seconds);
-        let progress = cx.progress;
         let redis = self.redis_info().await?;
         let mut tasks = TaskCounts::zeroed();
         let mut results = ResultCounts::default();
         let wrong_type_keys = self
-            .entries_noting(grace_seconds, false, progress, &mut |e: Entry| {
+            .entries_noting(grace_seconds, false, cx, &mut |e: Entry| {
                 if e.location == Location::Result && e.task_name.is_none() {
                     results.unnamed += 1;
                 }
@@ -272,22 +271,24 @@ impl Janitor {
         progress: &dyn Progress,
         sink: &mut (dyn FnMut(Entry) + Send),
     ) -> Result<()> {
-        self.entries_noting(grace_seconds, keep_raw, progress, sink)
+        let cx = RunCtx::new(progress, Cancel::default());
+        self.entries_noting(grace_seconds, keep_raw, &cx, sink)
             .await
             .map(drop)
     }
 
-    /// [`Janitor::entries`], also returning the wrong-typed keys the scan skipped.
-    async fn entries_noting(
+    /// [`Janitor::entries`], stopping when `cx` is cancelled, and also returning the
+    /// wrong-typed keys the scan skipped.
+    pub(crate) async fn entries_noting(
         &self,
         grace_seconds: f64,
         keep_raw: bool,
-        progress: &dyn Progress,
+        cx: &RunCtx<'_>,
         sink: &mut (dyn FnMut(Entry) + Send),
     ) -> Result<WrongTypeKeys> {
         let grace_seconds = janitor_config::validate_grace_seconds(grace_seconds)?;
-        let cancel = Cancel::default();
-        let mut ctx = ScanCtx::new(progress, &cancel);
+        let (progress, cancel) = (cx.progress, &cx.cancel);
+        let mut ctx = ScanCtx::new(progress, cancel);
         let mut candidates = Vec::new();
         self.scan(&mut ctx, &mut |mut e: Entry| {
             if e.state == State::Orphaned {
@@ -300,7 +301,7 @@ impl Janitor {
             }
         })
         .await?;
-        self.confirm(&mut candidates, grace_seconds, None, &cancel, progress)
+        self.confirm(&mut candidates, grace_seconds, None, cancel, progress)
             .await?;
         for e in candidates {
             sink(e);

@@ -5,10 +5,10 @@
 //! The binary, the HTTP server and the Python package all drive this crate through
 //! [`Janitor`]; none of them talks to Redis or the database directly.
 
-// The flow, in module order: `janitor` connects; `scan` reads Redis and `classify` says what
+// The flow (see README.md): `janitor` connects; `scan` reads Redis and `classify` says what
 // each entry is, asking `owners_db`; `plan` collects what to do; `apply` does it through
 // `scripts` (the Lua), under `lock`, writing `archive` and `audit`; `revoke` tells workers;
-// `runs` records each run; `restore` undoes one.
+// `runs` records each run; `restore` undoes one; `list` pages the entries.
 mod apply;
 mod archive;
 mod audit;
@@ -18,6 +18,7 @@ mod context;
 mod error;
 mod host;
 mod janitor;
+mod list;
 mod lock;
 mod owners_db;
 mod plan;
@@ -38,6 +39,7 @@ pub use classify::{Entry, Location, State};
 pub use context::RunCtx;
 pub use error::EngineError;
 pub use janitor::{Janitor, ReadOptions, RedisInfo, ResultCounts, StatusReport, TaskCounts};
+pub use list::{Cursor, ListOptions, Page, TaskRow};
 pub use lock::Holder;
 pub use plan::{CleanupPlan, LostRows, PlanOptions};
 pub use progress::{NoProgress, Progress};

@@ -2,7 +2,6 @@
 //! waiting for its ETA, just popped), so a run broadcasts a revoke for the tasks it removed or
 //! found taken, and remembers them so `restore` can warn that workers will discard them.
 
-use crate::archive::b64;
 use crate::error::Result;
 use crate::janitor::{Janitor, OwnKey};
 use crate::reports::RevokeReport;
@@ -39,31 +38,10 @@ impl Janitor {
     /// Tells live workers to discard these tasks: removing an `unacked` entry does not stop a
     /// worker that already holds the message (prefetched or waiting for its ETA).
     pub(crate) async fn broadcast_revoke(&self, task_ids: &[String]) -> Result<RevokeReport> {
-        let body = serde_json::json!({
-            "method": "revoke",
-            "arguments": {"task_id": task_ids},
-            "destination": null, "pattern": null, "matcher": null,
-        });
-        let envelope = serde_json::json!({
-            "body": b64(body.to_string().as_bytes()),
-            "content-encoding": "utf-8",
-            "content-type": "application/json",
-            "headers": {},
-            "properties": {
-                "delivery_tag": uuid::Uuid::new_v4().to_string(),
-                "body_encoding": "base64",
-                "delivery_info": {"exchange": "celery.pidbox", "routing_key": ""},
-            },
-        });
-        let channel = [
-            self.settings.broker_prefix.as_slice(),
-            format!("/{}.celery.pidbox", self.broker.db).as_bytes(),
-        ]
-        .concat();
-        let heard_by = self
-            .broker
-            .publish(&channel, envelope.to_string().as_bytes())
-            .await?;
+        let delivery_tag = uuid::Uuid::new_v4().to_string();
+        let envelope = janitor_wire::control::revoke(task_ids, &delivery_tag);
+        let channel = self.broker_layout.pidbox_channel(self.broker.db);
+        let heard_by = self.broker.publish(&channel, &envelope).await?;
         Ok(RevokeReport {
             task_ids: task_ids.len() as u64,
             heard_by,

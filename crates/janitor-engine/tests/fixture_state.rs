@@ -9,8 +9,8 @@
 use std::collections::BTreeMap;
 
 use janitor_engine::{
-    CleanupOptions, Janitor, Location, NoProgress, PlanOptions, ReadOptions, RestoreOptions,
-    RunCtx, State,
+    Cancel, CleanupOptions, EngineError, Janitor, ListOptions, Location, NoProgress, PlanOptions,
+    ReadOptions, RestoreOptions, RunCtx, State, TaskRow,
 };
 use janitor_testkit::fixtures::{self as support, Capture, Dump};
 use janitor_testkit::redis_server::{Snapshot, TestRedis};
@@ -473,4 +473,189 @@ async fn full_cleanup_marks_lost_rows_in_sqlite() {
             (71, "pending".into())
         ]
     );
+}
+
+/// A keyspace with every location: queues with priority sub-lists (A), `unacked` left by a
+/// killed worker (J) and results (D), all from the same Celery 5.7 run.
+async fn every_location(redis: &TestRedis) {
+    for scenario in ["A", "J", "D"] {
+        let (_, path) = support::scenario(scenario)
+            .into_iter()
+            .find(|(c, _)| *c == Capture::Celery57Same)
+            .unwrap();
+        redis.load(&Dump::load(&path)).await;
+    }
+}
+
+/// Every page of a listing, following the cursors, and how many pages it took.
+async fn all_pages(j: &Janitor, options: &ListOptions) -> (Vec<TaskRow>, usize) {
+    let mut options = options.clone();
+    let (mut rows, mut pages) = (Vec::new(), 0);
+    loop {
+        let page = j.list(&options, &RunCtx::quiet()).await.unwrap();
+        pages += 1;
+        rows.extend(page.rows);
+        match page.next_cursor {
+            Some(cursor) => options.cursor = Some(cursor.to_string().parse().unwrap()),
+            None => return (rows, pages),
+        }
+    }
+}
+
+#[tokio::test]
+async fn list_pages_through_exactly_the_entries_of_a_scan() {
+    let redis = TestRedis::start().await;
+    every_location(&redis).await;
+    let dir = tempfile::tempdir().unwrap();
+    let j = janitor_for(&redis, dir.path()).await;
+
+    let entries = classify(&j).await;
+    let whole = j
+        .list(&ListOptions::default(), &RunCtx::quiet())
+        .await
+        .unwrap();
+    assert!(whole.next_cursor.is_none());
+    let ident =
+        |id: &Option<String>, l: Location, s: State, key: String| (id.clone(), l, s.as_str(), key);
+    let mut listed: Vec<_> = whole
+        .rows
+        .iter()
+        .map(|r| ident(&r.task_id, r.location, r.state, r.key.clone()))
+        .collect();
+    let mut scanned: Vec<_> = entries
+        .iter()
+        .map(|e| {
+            ident(
+                &e.task_id,
+                e.location,
+                e.state,
+                janitor_engine::printable(&e.key),
+            )
+        })
+        .collect();
+    listed.sort();
+    scanned.sort();
+    assert_eq!(listed, scanned);
+    for l in Location::ALL {
+        assert!(whole.rows.iter().any(|r| r.location == l), "no {l:?} row");
+    }
+    assert!(whole.rows.iter().any(|r| r.state == State::Orphaned));
+    // Queued rows of a priority sub-list name its step; the bare list and other places don't.
+    for r in &whole.rows {
+        let sub = r.location == Location::Queue && r.key.contains("\\x06\\x16");
+        assert_eq!(r.priority_step.is_some(), sub, "{r:?}");
+    }
+
+    let filters = [
+        ListOptions::default(),
+        ListOptions {
+            states: vec![State::Orphaned],
+            ..Default::default()
+        },
+        ListOptions {
+            locations: vec![Location::Queue],
+            ..Default::default()
+        },
+        ListOptions {
+            states: vec![State::Live, State::Unowned],
+            locations: vec![Location::Unacked, Location::Result],
+            ..Default::default()
+        },
+    ];
+    for filter in filters {
+        let wanted: Vec<TaskRow> = whole
+            .rows
+            .iter()
+            .filter(|r| filter.states.is_empty() || filter.states.contains(&r.state))
+            .filter(|r| filter.locations.is_empty() || filter.locations.contains(&r.location))
+            .cloned()
+            .collect();
+        assert!(!wanted.is_empty(), "{filter:?} lists nothing here");
+        for limit in [1, 2, 5, 1000] {
+            let options = ListOptions {
+                limit: Some(limit),
+                ..filter.clone()
+            };
+            let (rows, pages) = all_pages(&j, &options).await;
+            assert_eq!(rows, wanted, "{options:?}");
+            assert_eq!(pages, wanted.len().div_ceil(limit).max(1), "{options:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn list_refuses_a_cursor_of_another_listing() {
+    let redis = TestRedis::start().await;
+    every_location(&redis).await;
+    let dir = tempfile::tempdir().unwrap();
+    let j = janitor_for(&redis, dir.path()).await;
+    let orphans = ListOptions {
+        states: vec![State::Orphaned],
+        limit: Some(1),
+        ..Default::default()
+    };
+    let cursor = j
+        .list(&orphans, &RunCtx::quiet())
+        .await
+        .unwrap()
+        .next_cursor
+        .expect("more than one orphan");
+    let everything = ListOptions {
+        cursor: Some(cursor),
+        ..Default::default()
+    };
+    let err = j.list(&everything, &RunCtx::quiet()).await.unwrap_err();
+    assert!(matches!(err, EngineError::BadCursor { .. }), "{err}");
+    assert!("v1.x.72".parse::<janitor_engine::Cursor>().is_err());
+}
+
+#[tokio::test]
+async fn list_stops_when_cancelled_even_in_the_grace_wait() {
+    let redis = TestRedis::start().await;
+    every_location(&redis).await;
+    let dir = tempfile::tempdir().unwrap();
+    let j = janitor_for(&redis, dir.path()).await;
+
+    let cancelled = Cancel::new();
+    cancelled.cancel();
+    let err = j
+        .list(
+            &ListOptions::default(),
+            &RunCtx::new(&NoProgress, cancelled),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, EngineError::Interrupted), "{err}");
+
+    // Orphans wait out a long grace period; a cancel ends the wait at once.
+    let cancel = Cancel::new();
+    let later = cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        later.cancel();
+    });
+    let started = std::time::Instant::now();
+    let options = ListOptions {
+        grace_seconds: Some(60.0),
+        ..Default::default()
+    };
+    let err = j
+        .list(&options, &RunCtx::new(&NoProgress, cancel))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, EngineError::Interrupted), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+}
+
+#[tokio::test]
+async fn list_checks_the_grace_period_like_every_operation() {
+    let redis = TestRedis::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let j = janitor_for(&redis, dir.path()).await;
+    let options = ListOptions {
+        grace_seconds: Some(-1.0),
+        ..Default::default()
+    };
+    let err = j.list(&options, &RunCtx::quiet()).await.unwrap_err();
+    assert!(matches!(err, EngineError::InvalidOption(_)), "{err}");
 }

@@ -208,6 +208,15 @@ impl BrokerLayout {
         })
     }
 
+    /// The pub/sub channel of Celery's remote-control broadcasts (`revoke`, `ping`, …) for a
+    /// broker in Redis database `db`: `<prefix>/<db>.celery.pidbox`. kombu puts the database in
+    /// the name (its default `fanout_prefix`) because pub/sub is global across databases, and
+    /// prefixes channels like keys, raw.
+    pub fn pidbox_channel(&self, db: i64) -> Vec<u8> {
+        let name = format!("/{db}.{}", crate::control::CONTROL_EXCHANGE);
+        concat(&[&self.prefix, name.as_bytes()])
+    }
+
     /// True for bindings of remote-control, reply and event queues, which never hold tasks.
     pub fn is_control_binding(exchange: &[u8], binding: &Binding) -> bool {
         exchange.ends_with(b".pidbox")
@@ -411,6 +420,19 @@ mod tests {
         );
         assert_eq!(l.classify(b"pcelery"), BrokerKey::Other);
         assert_eq!(l.classify(b"unacked"), BrokerKey::Other);
+    }
+
+    #[test]
+    fn pidbox_channels_name_the_database_after_the_raw_prefix() {
+        assert_eq!(
+            BrokerLayout::default().pidbox_channel(0),
+            b"/0.celery.pidbox"
+        );
+        // celery-redis-layout.md §6: `global_keyprefix = "myapp"`, broker `redis://…/1`.
+        assert_eq!(
+            BrokerLayout::with_prefix(b"myapp".to_vec()).pidbox_channel(1),
+            b"myapp/1.celery.pidbox"
+        );
     }
 
     #[test]

@@ -7,9 +7,11 @@
 //! * [`body`]: the safe decoders for task arguments (json, msgpack, yaml; pickle never);
 //! * [`unacked`]: the `[envelope, exchange, routing_key]` values of kombu's `unacked` hash;
 //! * [`result`]: `celery-task-meta-*` and saved group (`celery-taskset-meta-*`) values;
-//! * [`keys`]: key names, prefixes, priority sub-lists and binding-set members.
+//! * [`keys`]: key names, prefixes, priority sub-lists and binding-set members;
+//! * [`control`]: the remote-control broadcasts the janitor sends workers (revoke).
 
 pub mod body;
+pub mod control;
 pub mod envelope;
 pub mod keys;
 pub mod result;

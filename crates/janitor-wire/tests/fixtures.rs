@@ -989,6 +989,137 @@ fn control_reply_and_event_envelopes_carry_no_task() {
     }
 }
 
+/// The revoke the janitor broadcasts against the one `app.control.revoke` sent, field by field:
+/// every field the janitor sends has the captured value (the delivery tag aside, a fresh UUID
+/// each time), and every captured field it leaves out is one that celery-redis-layout.md §5.2
+/// shows workers do without. It goes to the captured channel.
+#[test]
+fn the_janitors_revoke_is_the_captured_broadcast_without_its_optional_fields() {
+    /// Sent by `celery control revoke`, not needed by a worker (a real worker honoured the
+    /// broadcast without them).
+    const OPTIONAL: [&str; 6] = [
+        "headers.clock",
+        "headers.expires",
+        "properties.delivery_mode",
+        "properties.priority",
+        "arguments.terminate",
+        "arguments.signal",
+    ];
+    for (capture, path) in scenario("E") {
+        let file: Json = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let captured = &file["revoke_broadcast"];
+        let channel = BrokerLayout::default().pidbox_channel(0);
+        assert_eq!(
+            captured["command"],
+            json!(["PUBLISH", String::from_utf8(channel).unwrap()]),
+            "{capture}"
+        );
+
+        let theirs = &captured["envelope"];
+        let task_id = theirs["_decoded_body"]["arguments"]["task_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let bytes = janitor_wire::control::revoke(std::slice::from_ref(&task_id), "tag");
+        let ours: Json = serde_json::from_slice(&bytes).unwrap();
+
+        let mut envelope_theirs = leaves(theirs);
+        envelope_theirs.remove("body");
+        envelope_theirs.retain(|path, _| !path.starts_with("_decoded_body."));
+        let mut envelope_ours = leaves(&ours);
+        envelope_ours.remove("body");
+        assert_eq!(
+            ours["headers"],
+            json!({}),
+            "{capture}: no headers are needed"
+        );
+        assert_same_but_optional(
+            &envelope_ours,
+            &envelope_theirs,
+            &["properties.delivery_tag"],
+            &OPTIONAL,
+            &format!("{capture}/E envelope"),
+        );
+
+        let body = |env: &Json| -> Json {
+            janitor_wire::body::deserialize(
+                env["content-type"].as_str(),
+                &base64_decode(env["body"].as_str().unwrap()),
+            )
+            .unwrap()
+        };
+        let (body_ours, body_theirs) = (body(&ours), body(theirs));
+        assert_eq!(body_theirs, theirs["_decoded_body"], "{capture}");
+        // A worker takes one id or a list; the janitor sends a batch as a list.
+        assert_eq!(body_ours["arguments"]["task_id"], json!([task_id]));
+        assert_eq!(body_theirs["arguments"]["task_id"], json!(task_id));
+        assert_same_but_optional(
+            &leaves(&body_ours),
+            &leaves(&body_theirs),
+            &["arguments.task_id"],
+            &OPTIONAL,
+            &format!("{capture}/E body"),
+        );
+
+        // Like the captured broadcast, it reads as a control envelope, never as a task.
+        let env = Envelope::parse(&bytes).unwrap();
+        assert!(!env.is_task());
+        assert_eq!(env.exchange.as_deref(), Some("celery.pidbox"));
+        assert_eq!(env.routing_key.as_deref(), Some(""));
+    }
+}
+
+/// A JSON value's leaves by dotted path (`properties.delivery_info.exchange`); an empty object
+/// has none.
+fn leaves(value: &Json) -> BTreeMap<String, Json> {
+    fn walk(prefix: &str, value: &Json, out: &mut BTreeMap<String, Json>) {
+        match value {
+            Json::Object(map) => {
+                for (k, v) in map {
+                    let path = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(&path, v, out);
+                }
+            }
+            leaf => {
+                out.insert(prefix.to_owned(), leaf.clone());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk("", value, &mut out);
+    out
+}
+
+/// `ours` has exactly `theirs`' leaves, except those in `ignore` (compared elsewhere or never
+/// the same) and those `theirs` has in `optional`.
+fn assert_same_but_optional(
+    ours: &BTreeMap<String, Json>,
+    theirs: &BTreeMap<String, Json>,
+    ignore: &[&str],
+    optional: &[&str],
+    context: &str,
+) {
+    for (path, value) in ours {
+        if ignore.contains(&path.as_str()) {
+            continue;
+        }
+        assert_eq!(theirs.get(path), Some(value), "{context}: {path}");
+    }
+    for path in theirs.keys() {
+        if ignore.contains(&path.as_str()) || ours.contains_key(path) {
+            continue;
+        }
+        assert!(
+            optional.contains(&path.as_str()),
+            "{context}: the captured {path} is missing from ours"
+        );
+    }
+}
+
 fn base64_decode(text: &str) -> Vec<u8> {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD

@@ -36,16 +36,10 @@ def priority_key(queue: str, priority: int) -> bytes:
 
 
 def escape_key(key: bytes) -> str:
-    """The key as docs/cli.md prints it: non-printable bytes as `\\xNN`."""
-    out = []
-    for b in key:
-        if 0x20 <= b < 0x7F and b != 0x5C:
-            out.append(chr(b))
-        elif b == 0x5C:
-            out.append("\\\\")
-        else:
-            out.append(f"\\x{b:02x}")
-    return "".join(out)
+    """The key as docs/cli.md prints it: bytes 0x20-0x7e but the backslash as they are, every
+    other byte (the backslash too) as `\\xNN` in lowercase hex. The examples in
+    tests/shared/printable-keys.json pin this and the janitor's rule to the same strings."""
+    return "".join(chr(b) if 0x20 <= b < 0x7F and b != 0x5C else f"\\x{b:02x}" for b in key)
 
 
 @dataclass(frozen=True)

@@ -70,8 +70,8 @@ def row_problems(
         names = {e.task_name for e, _v in matches}
         if row.get("task_name") not in names:
             problems.append(f"{ident}: task_name {row.get('task_name')!r}, expected {names}")
-        keys = {escape_key(e.key).lower() for e, _v in matches}
-        if str(row.get("key", "")).lower() not in keys:
+        keys = {escape_key(e.key) for e, _v in matches}
+        if row.get("key") not in keys:
             problems.append(f"{ident}: key {row.get('key')!r}, expected one of {keys}")
         if row.get("location") in ("queue", "unacked"):
             queues = {e.queue for e, _v in matches}
