@@ -146,7 +146,6 @@ async fn dispatch(settings: Settings, command: Command, quiet: bool) -> Result<C
             take_over_lock,
             json,
         } => {
-            let bar = Bar::new(!json && !quiet);
             let options = RestoreOptions {
                 run_id: run,
                 all,
@@ -155,28 +154,40 @@ async fn dispatch(settings: Settings, command: Command, quiet: bool) -> Result<C
                 dry_run,
                 take_over_lock,
             };
-            let report = janitor
-                .restore(&options, &RunCtx::new(&bar, Cancel::new()))
-                .await?;
-            output::restore(&report, json)?;
-            for warning in &report.warnings {
-                eprintln!("celery-janitor: warning: {warning}");
-            }
-            if report.missing > 0 {
-                // What was found is restored; the rest needs the archive file (see the hint).
-                eprintln!(
-                    "celery-janitor: error: {} archived entr{} of run {} could not be restored from here",
-                    report.missing,
-                    if report.missing == 1 { "y" } else { "ies" },
-                    report.run_id.as_deref().unwrap_or("?")
-                );
-                if let Some(hint) = &report.hint {
-                    eprintln!("  hint: {hint}");
-                }
-                return Ok(Code::Failure);
-            }
+            return restore(&janitor, &options, json, quiet).await;
         }
         Command::Init { .. } => unreachable!("handled before connecting"),
+    }
+    Ok(Code::Success)
+}
+
+/// `restore`: exits 1 when some archived entries could not be restored from here.
+async fn restore(
+    janitor: &Janitor,
+    options: &RestoreOptions,
+    json: bool,
+    quiet: bool,
+) -> Result<Code> {
+    let bar = Bar::new(!json && !quiet);
+    let report = janitor
+        .restore(options, &RunCtx::new(&bar, Cancel::new()))
+        .await?;
+    output::restore(&report, json)?;
+    for warning in &report.warnings {
+        eprintln!("celery-janitor: warning: {warning}");
+    }
+    if report.missing > 0 {
+        // What was found is restored; the rest needs the archive file (see the hint).
+        eprintln!(
+            "celery-janitor: error: {} archived entr{} of run {} could not be restored from here",
+            report.missing,
+            if report.missing == 1 { "y" } else { "ies" },
+            report.run_id.as_deref().unwrap_or("?")
+        );
+        if let Some(hint) = &report.hint {
+            eprintln!("  hint: {hint}");
+        }
+        return Ok(Code::Failure);
     }
     Ok(Code::Success)
 }

@@ -44,7 +44,14 @@ pub(crate) fn status(r: &StatusReport, settings: &Settings, json: bool) -> Resul
     if json {
         return print_json(r);
     }
-    let t = &r.tasks;
+    status_header(r, settings);
+    status_tasks(r, settings);
+    status_notes(r, settings);
+    Ok(())
+}
+
+/// The report's title, the config file used, and Redis.
+fn status_header(r: &StatusReport, settings: &Settings) {
     println!(
         "Cache status report ({})",
         chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC")
@@ -76,6 +83,11 @@ pub(crate) fn status(r: &StatusReport, settings: &Settings, json: bool) -> Resul
             .map_or("unknown".into(), |c| c.to_string())
     );
     println!();
+}
+
+/// Counts by state and location.
+fn status_tasks(r: &StatusReport, settings: &Settings) {
+    let t = &r.tasks;
     println!("Tasks");
     println!(
         "  Celery tasks in Redis: {:>6}   ({})",
@@ -108,6 +120,11 @@ pub(crate) fn status(r: &StatusReport, settings: &Settings, json: bool) -> Resul
         tables.join(", ")
     );
     println!();
+}
+
+/// What to do about what the counts show.
+fn status_notes(r: &StatusReport, settings: &Settings) {
+    let t = &r.tasks;
     if t.orphaned > 0 {
         println!(
             "WARNING: found {} orphaned task{}; cleanup recommended: celery-janitor cleanup-orphaned (preview with --dry-run)",
@@ -162,7 +179,6 @@ pub(crate) fn status(r: &StatusReport, settings: &Settings, json: bool) -> Resul
             if wrong.count == 1 { "it" } else { "them" }
         );
     }
-    Ok(())
 }
 
 pub(crate) fn tasks(rows: &[TaskRow], json: bool) -> Result<()> {
