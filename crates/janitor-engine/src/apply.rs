@@ -7,9 +7,9 @@
 //! A plan made under this run's lock and confirmed within `grace_seconds` is applied as it is;
 //! any other plan has its orphans' owners asked again and its lost rows planned again first.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
-use crate::archive::{printable, stream_meta, stream_record, unb64, StreamEntry};
+use crate::archive::{printable, stream_id_order, stream_meta, stream_record, unb64, StreamEntry};
 use crate::audit::AuditEvent;
 use crate::cancel::Cancel;
 use crate::classify::{Entry, Location, State};
@@ -623,16 +623,25 @@ impl<'r> Remover<'r> {
         if removed.is_empty() {
             return Ok(());
         }
-        let mut pipe = redis::pipe();
-        for (_, id) in removed {
-            pipe.cmd("XRANGE").arg(archive).arg(id).arg(id);
-        }
-        let pages: Vec<Vec<StreamEntry>> = pipe.query_async(&mut handle.con.clone()).await?;
+        // One batch's archive entries are consecutive in the stream (this run holds the lock,
+        // and every writer of the stream takes it): one XRANGE from the first to the last.
+        let ids = removed.iter().map(|(_, id)| id.as_str());
+        let first = ids
+            .clone()
+            .min_by_key(|id| stream_id_order(id))
+            .unwrap_or("-");
+        let last = ids.max_by_key(|id| stream_id_order(id)).unwrap_or("+");
+        let page: Vec<StreamEntry> = redis::cmd("XRANGE")
+            .arg(archive)
+            .arg(first)
+            .arg(last)
+            .query_async(&mut handle.con.clone())
+            .await?;
+        let mut page: HashMap<String, Vec<(String, Vec<u8>)>> = page.into_iter().collect();
         let mut records = Vec::with_capacity(removed.len());
-        for ((_, id), page) in removed.iter().zip(pages) {
+        for (_, id) in removed {
             let record = page
-                .into_iter()
-                .next()
+                .remove_entry(id)
                 .and_then(|(id, fields)| stream_record(id, fields))
                 .ok_or_else(|| EngineError::ArchiveStream {
                     key: printable(archive),

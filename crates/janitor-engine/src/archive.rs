@@ -74,6 +74,12 @@ pub struct ArchiveRecord {
 
 /// The field names of an archive-stream entry, as the removal scripts write them with XADD
 /// (`../lua/remove_*.lua`) and `restore` reads them. `meta` is the JSON of [`stream_meta`].
+/// A stream entry id (`<ms>-<seq>`) as numbers, which order entries by when they were added.
+pub(crate) fn stream_id_order(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+}
+
 pub(crate) mod stream_fields {
     pub(crate) const KIND: &str = "kind";
     pub(crate) const KEY: &str = "key";

@@ -17,7 +17,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::archive::{printable, stream_record, unb64, ArchiveFile, ArchiveRecord, StreamEntry};
+use crate::archive::{
+    printable, stream_id_order, stream_record, unb64, ArchiveFile, ArchiveRecord, StreamEntry,
+};
 use crate::audit::AuditEvent;
 use crate::classify::Location;
 use crate::context::RunCtx;
@@ -595,12 +597,6 @@ impl Janitor {
         }
         Ok(out)
     }
-}
-
-/// A stream entry id (`<ms>-<seq>`) as numbers, which order entries by when they were added.
-fn stream_id_order(id: &str) -> (u64, u64) {
-    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
-    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
 }
 
 /// The number of entries a run archived, if its record knows it.
