@@ -1,11 +1,12 @@
-"""Adversarial: the archive file is written from an XRANGE read-back of the archive stream,
-right after each removal batch (`Remover::write_records`). What if the stream entries are gone
-by then (trimmed, evicted under `maxmemory-policy allkeys-*`, XDEL'd by an operator), or the
-janitor dies between the script and the read-back?
+"""Adversarial: a plan holds only a spec of each entry's bytes, so the archive file is written
+from what the removal script answers (the bytes it archived). What if the archive stream's
+entries are gone right after the script ran (trimmed, evicted under `maxmemory-policy
+allkeys-*`, XDEL'd by an operator), or the janitor dies between the script and its reply?
 
-A tiny TCP proxy sits between the janitor and its Redis. When it sees the janitor send its
-read-back (`XRANGE celery-janitor:archive <id> <id>`), it runs a hook first, on a direct
-connection, then forwards the command. Everything else passes through untouched.
+A tiny TCP proxy sits between the janitor and its Redis. Once the janitor has sent a list
+removal script (its arguments hold the tombstone), the proxy runs a hook when Redis's reply to
+it comes back, before forwarding it: the script has run, the janitor does not know yet.
+Everything else passes through untouched.
 """
 
 from __future__ import annotations
@@ -29,14 +30,18 @@ from support.world import ScannerWorld
 pytestmark = [pytest.mark.janitor]
 
 
+TOMBSTONE = b"celery-janitor:tombstone:"
+
+
 class ReadbackProxy:
     """Forwards 127.0.0.1:<port> to the test's Redis; calls `hook()` once, before forwarding
-    the first client write that holds an XRANGE of the archive stream."""
+    Redis's reply to the first list removal script."""
 
     def __init__(self, upstream_port: int, hook: Callable[[], None]) -> None:
         self.upstream_port = upstream_port
         self.hook = hook
         self.fired = threading.Event()
+        self.armed = threading.Event()
         self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.listener.bind(("127.0.0.1", 0))
@@ -65,11 +70,15 @@ class ReadbackProxy:
                 data = src.recv(1 << 20)
                 if not data:
                     break
-                if (
-                    from_client
+                if from_client and TOMBSTONE in data and ARCHIVE_KEY in data:
+                    self.armed.set()
+                elif (
+                    not from_client
+                    and self.armed.is_set()
                     and not self.fired.is_set()
-                    and b"XRANGE" in data.upper()
-                    and ARCHIVE_KEY in data
+                    # The script's reply is an array; NOSCRIPT, SCRIPT LOAD's digest and the
+                    # lock heartbeat's integers come back on the same connection.
+                    and data.startswith(b"*")
                 ):
                     self.fired.set()
                     self.hook()
@@ -114,14 +123,13 @@ def _janitor_via(make_janitor: Callable[..., Janitor], world: ScannerWorld, url:
 def test_archive_entries_gone_before_the_read_back_are_not_lost(
     world: ScannerWorld, make_janitor: Callable[..., Janitor]
 ) -> None:
-    """The stream entries a batch just wrote are trimmed before the janitor reads them back
-    (as `MAXLEN`, an eviction or an operator's XTRIM would). The removed messages must still be
-    recoverable: in the archive file, and put back by `restore`.
+    """The stream entries a batch just wrote are trimmed before the janitor has the script's
+    reply (as `MAXLEN`, an eviction or an operator's XTRIM would). The removed messages must
+    still be recoverable: in the archive file, and put back by `restore`.
 
-    86374e0 (the engine wrote the file from the bytes it held) passes. Since the plan holds
-    only specs, the bytes exist only in the stream between the script and the read-back: the run
-    fails with "entry ... is missing right after it was written", the archive file holds
-    nothing, `restore` reports them missing, and the orphans are gone for good."""
+    Found by the adversarial review: a version that wrote the archive file from an XRANGE
+    read-back of the stream failed here ("entry ... is missing right after it was written") and
+    lost the messages; the scripts now answer with the bytes they archived."""
     direct = world.redis_server.client()
     _, before = _orphan_queue(world, 5)
     assert len(before) == 5
@@ -135,8 +143,7 @@ def test_archive_entries_gone_before_the_read_back_are_not_lost(
         run = janitor.run("cleanup-orphaned", "--json", "--grace", "0")
     finally:
         proxy.close()
-    if not proxy.fired.is_set():
-        trim()  # a binary that does not read back (86374e0): the stream goes later, same test
+    assert proxy.fired.is_set()
     assert direct.llen(b"celery") == 0, "the removal itself should have happened"
 
     archived = sorted(base64.b64decode(r["value_b64"]) for r in archive_file_records(janitor))
@@ -151,7 +158,7 @@ def test_archive_entries_gone_before_the_read_back_are_not_lost(
 def test_kill_9_between_the_script_and_the_read_back_then_restore(
     world: ScannerWorld, make_janitor: Callable[..., Janitor], tmp_path: Path
 ) -> None:
-    """SIGKILL the janitor after a removal batch ran but before its read-back reached Redis:
+    """SIGKILL the janitor after a removal batch ran but before its reply reached the janitor:
     the next `restore` (completing the archive from the stream) puts back every message,
     byte for byte."""
     direct = world.redis_server.client()
@@ -172,7 +179,7 @@ def test_kill_9_between_the_script_and_the_read_back_then_restore(
     assert proxy.fired.is_set()
     assert proc.returncode == -signal.SIGKILL
     assert direct.llen(b"celery") == 0
-    assert not archive_file_records(janitor), "nothing was read back, so nothing is in the file"
+    assert not archive_file_records(janitor), "the reply never arrived, so nothing is in the file"
     # The dead run's lock: take it over as an operator would.
     direct_janitor = _janitor_via(make_janitor, world, world.redis_server.url)
     run = direct_janitor.run("restore", "--json", "--take-over-lock")

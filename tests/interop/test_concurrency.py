@@ -164,18 +164,47 @@ def _xadd_fields(c: Command) -> dict[bytes, bytes]:
     return dict(zip(rest[0::2], rest[1::2], strict=True))
 
 
+def _resent(specs: list[bytes], left: list[bytes]) -> int:
+    """How many of a list call's first targets are targets the previous call on that list left
+    for later (its work budget ran out first): the engine sends those again first, in order.
+    Each message counts as a target once."""
+    n = 0
+    for key in left:
+        if n < len(specs) and split_spec(specs[n])[0] == key:
+            n += 1
+    return n
+
+
+def _not_removed(specs: list[bytes], removed: list[bytes]) -> list[bytes]:
+    """The value keys of a call's targets it did not remove, in order."""
+    removed_keys = Counter(value_key(m) for m in removed)
+    left = []
+    for spec in specs:
+        key = split_spec(spec)[0]
+        if removed_keys[key] > 0:
+            removed_keys[key] -= 1
+        else:
+            left.append(key)
+    return left
+
+
 def janitor_removals(commands: list[Command], client: str) -> Removals:
     """Reads every removal script call of the janitor's connection from the MONITOR stream, and
     checks each list call left no tombstone behind (its LSETs are undone by one LREM)."""
     out = Removals()
     calls: list[ScriptCall] = [c for c in script_calls(commands, client) if c.inner]
+    # Per list: the targets the last call neither removed nor found gone, in order.
+    left_for_later: dict[bytes, list[bytes]] = {}
     for call in calls:
         keys, argv = call.keys, call.argv
         xadds = [_xadd_fields(c) for c in call.inner if c.name == "xadd"]
         if len(keys) == 3 and argv[1:2] and argv[1].startswith(TOMBSTONE):
             out.list_calls += 1
-            out.add_targets("queue", argv[8::5])
+            specs = argv[8::5]
             removed = [f[b"value"] for f in xadds if f[b"kind"] == b"queue"]
+            resent = _resent(specs, left_for_later.get(keys[0], []))
+            out.add_targets("queue", specs[resent:])
+            left_for_later[keys[0]] = _not_removed(specs, removed)
             out.removed.setdefault("queue", []).extend(removed)
             lsets = [c for c in call.inner if c.name == "lset"]
             lrems = [c for c in call.inner if c.name == "lrem"]

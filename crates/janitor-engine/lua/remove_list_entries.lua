@@ -31,9 +31,10 @@
 --   with phase 2 from), lo (index from the head when read), spec of the exact bytes
 --   (`sha1:length:locator`), archive metadata (JSON)
 -- Errors (nothing written): CJWRONGTYPE, CJBADARG, LOCKLOST, CJARCHIVE (see checks.lua).
--- Returns two values per target: the archive id, 'resume' (budget spent before it was reached)
--- or false (gone); and where it was found (pops, for phase-1 finds) or where the search stopped
--- (the `p` to resume with).
+-- Returns two values per target: {archive id, the exact bytes removed} (the engine holds only
+-- the spec, and writes the archive file from this reply), 'resume' (budget spent before it was
+-- reached) or false (gone); and where it was found (pops, for phase-1 finds) or where the
+-- search stopped (the `p` to resume with).
 redis.replicate_commands()
 local failed = cj_check(function()
   cj_groups(5, 5)
@@ -62,7 +63,7 @@ local results = {}
 -- against the byte budget.
 local HASH_COST = 8
 -- Found targets: list position, the index of their result pair, the archive fields.
-local found_at, slots, items = {}, {}, {}
+local found_at, slots, items, values = {}, {}, {}, {}
 -- Positions already matched by this call: two byte-identical targets must match two messages.
 local claimed = {}
 -- Targets come tail first, so each was read no later than the one before it: at least as many
@@ -152,59 +153,20 @@ for i = 6, #ARGV, 5 do
   end
 end
 
--- Phase 2: one walk from the lowest head index to the highest end of the missed targets'
--- ranges, looking every element up among all their specs at once: by length, then (for an
--- element of a length some target has) by digest, hashing each such element once.
-local wanted, from, to, longest = {}, nil, -1, 1
+-- Phase 2, per missed target, in order (tail first): a walk from its index from the head when
+-- read (or from where an earlier call stopped) towards the tail, up to where phase 1 started.
+-- A walk is about as long as the pushes at the head since the target was read. The first target
+-- of a call always gets the whole budget, so every call makes progress on it, and the next call
+-- starts with it again (never with a target nearer the head, which could not be removed first).
 for _, t in ipairs(missed) do
   if t.from <= t.to then
-    if t.spec.len > longest then longest = t.spec.len end
-    local bucket = wanted[t.spec.len]
-    if bucket == nil then
-      bucket = {}
-      wanted[t.spec.len] = bucket
+    local found, reached = walk(t, t.from, t.to)
+    if found ~= nil then
+      found_it(t, found, found - (len - 1 - t.dr))
+    elseif reached <= t.to then
+      results[t.slot] = 'resume'
+      results[t.slot + 1] = -1 - reached
     end
-    bucket[#bucket + 1] = t
-    if from == nil or t.from < from then from = t.from end
-    if t.to > to then to = t.to end
-  end
-end
-local reached = (from or 0)
-if from ~= nil then
-  local step = math.max(1, math.min(16, math.floor(4194304 / longest)))
-  while reached <= to and elements > 0 and bytes > 0 do
-    local last = math.min(to, reached + step - 1)
-    local chunk = redis.call('LRANGE', KEYS[1], reached, last)
-    if #chunk == 0 then
-      reached = to + 1
-      break
-    end
-    for j = 1, #chunk do
-      local pos = reached + j - 1
-      elements = elements - 1
-      bytes = bytes - #chunk[j]
-      local bucket = wanted[#chunk[j]]
-      if bucket ~= nil and not claimed[pos] then
-        bytes = bytes - HASH_COST * #chunk[j]
-        local digest = redis.sha1hex(chunk[j])
-        for _, t in ipairs(bucket) do
-          if not t.found and t.from <= pos and pos <= t.to and t.spec.digest == digest then
-            t.value = chunk[j]
-            found_it(t, pos, pos - (len - 1 - t.dr))
-            break
-          end
-        end
-      end
-    end
-    reached = reached + #chunk
-    -- Chunks of about 4 MB at most, as in phase 1 (messages near the longest target's size).
-    step = math.max(1, math.min(step * 4, 256, math.floor(4194304 / longest)))
-  end
-end
-for _, t in ipairs(missed) do
-  if not t.found and t.from <= t.to and reached <= t.to then
-    results[t.slot] = 'resume'
-    results[t.slot + 1] = -1 - math.max(t.from, reached)
   end
 end
 
@@ -225,6 +187,7 @@ for _, t in ipairs(targets) do
   elseif t.found then
     found_at[#found_at + 1] = t.pos
     items[#items + 1] = {'kind', 'queue', 'key', KEYS[1], 'value', t.value, 'meta', t.meta}
+    values[#values + 1] = t.value
     slots[#slots + 1] = t.slot
   end
 end
@@ -237,7 +200,7 @@ if #found_at > 0 then
   end
   for k, pos in ipairs(found_at) do
     redis.call('LSET', KEYS[1], pos, ARGV[2])
-    results[slots[k]] = ids[k]
+    results[slots[k]] = {ids[k], values[k]}
   end
   redis.call('LREM', KEYS[1], -#found_at, ARGV[2])
 end

@@ -6,8 +6,8 @@
 -- ARGV[3+2i], ARGV[4+2i]: spec of the exact value (`sha1:length:locator`, see checks.lua) and
 --   archive metadata (JSON) of KEYS[3+i]
 -- Errors (nothing written): CJWRONGTYPE, CJBADARG, LOCKLOST, CJARCHIVE (see checks.lua).
--- Returns two results per key: archive id (or false when the key is gone, changed or not a
--- string) and its PTTL when removed.
+-- Returns two results per key: {archive id, the exact value removed} (or false when the key is
+-- gone, changed or not a string) and its PTTL when removed.
 redis.replicate_commands()
 local failed = cj_check(function()
   cj_groups(2, 2)
@@ -32,7 +32,7 @@ for k = 3, #KEYS do
   local value = redis.call('TYPE', KEYS[k])['ok'] == 'string' and redis.call('GET', KEYS[k])
   if value and cj_is(value, cj_spec(i)) then
     local pttl = redis.call('PTTL', KEYS[k])
-    doomed[#doomed + 1] = {k, #results + 1}
+    doomed[#doomed + 1] = {k, #results + 1, value}
     items[#items + 1] = {'kind', 'result', 'key', KEYS[k], 'pttl', pttl, 'value', value,
       'meta', ARGV[i + 1]}
     results[#results + 1] = false
@@ -51,7 +51,7 @@ if #doomed > 0 then
   end
   for n, d in ipairs(doomed) do
     redis.call('DEL', KEYS[d[1]])
-    results[d[2]] = ids[n]
+    results[d[2]] = {ids[n], d[3]}
   end
 end
 return results

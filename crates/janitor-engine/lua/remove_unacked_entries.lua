@@ -8,8 +8,8 @@
 -- ARGV[4+3i], ARGV[5+3i], ARGV[6+3i]: delivery tag, spec of the exact value
 --   (`sha1:length:locator`, see checks.lua), archive metadata (JSON)
 -- Errors (nothing written): CJWRONGTYPE, CJBADARG, LOCKLOST, MUTEXLOST, CJARCHIVE.
--- Returns two results per entry: archive id (or false when the value is gone or changed) and
--- the entry's unacked_index score (or '').
+-- Returns two results per entry: {archive id, the exact value removed} (or false when the value
+-- is gone or changed) and the entry's unacked_index score (or '').
 redis.replicate_commands()
 local failed = cj_check(function()
   cj_groups(3, 3)
@@ -36,7 +36,7 @@ for i = 4, #ARGV, 3 do
   local value = redis.call('HGET', KEYS[1], tag)
   if cj_is(value, cj_spec(i + 1)) then
     local score = redis.call('ZSCORE', KEYS[2], tag) or ''
-    doomed[#doomed + 1] = {tag, #results + 1}
+    doomed[#doomed + 1] = {tag, #results + 1, value}
     items[#items + 1] = {'kind', 'unacked', 'key', KEYS[1], 'index_key', KEYS[2], 'field', tag,
       'score', score, 'value', value, 'meta', ARGV[i + 2]}
     results[#results + 1] = false
@@ -56,7 +56,7 @@ if #doomed > 0 then
   for n, d in ipairs(doomed) do
     redis.call('HDEL', KEYS[1], d[1])
     redis.call('ZREM', KEYS[2], d[1])
-    results[d[2]] = ids[n]
+    results[d[2]] = {ids[n], d[3]}
   end
 end
 return results

@@ -7,9 +7,9 @@
 //! A plan made under this run's lock and confirmed within `grace_seconds` is applied as it is;
 //! any other plan has its orphans' owners asked again and its lost rows planned again first.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 
-use crate::archive::{printable, stream_id_order, stream_meta, stream_record, unb64, StreamEntry};
+use crate::archive::{b64, printable, stream_meta, unb64, ArchiveRecord};
 use crate::audit::AuditEvent;
 use crate::cancel::Cancel;
 use crate::classify::{Entry, Location, State};
@@ -17,13 +17,13 @@ use crate::context::RunCtx;
 use crate::error::{EngineError, Result};
 use crate::janitor::{Janitor, OwnKey, TOMBSTONE_PREFIX};
 use crate::lock::RunLock;
-use crate::plan::{without_ttl, CleanupPlan, Limits, PlanOptions};
+use crate::plan::{task_id_hash, without_ttl, CleanupPlan, Limits, PlanOptions};
 use crate::progress::Progress;
 use crate::redis_io::RedisHandle;
 use crate::reports::{CleanupReport, FullCleanupReport, RevokeReport};
 use crate::scripts::{
-    Common, ListOutcome, ListTarget, ResultOutcome, ResultTarget, SearchBudget, UnackedKeys,
-    UnackedOutcome, UnackedTarget,
+    Common, ListOutcome, ListTarget, Removed, ResultOutcome, ResultTarget, SearchBudget,
+    UnackedKeys, UnackedOutcome, UnackedTarget,
 };
 
 /// Entries per Lua call: keeps each atomic step short so Redis stays responsive.
@@ -184,7 +184,7 @@ impl Run<'_> {
         cx: &RunCtx<'_>,
     ) -> Result<()> {
         self.refresh(&mut plan, report, cx).await?;
-        let mut remover = Remover::new(self, cx);
+        let mut remover = Remover::new(self, cx, &plan.live_task_ids);
         let removed = remover
             .remove(
                 ORPHANED,
@@ -229,9 +229,13 @@ impl Run<'_> {
                 cx.cancel.check()?;
                 self.janitor.settle(chunk).await?;
             }
-            let before = plan.orphans.len();
-            plan.orphans.retain(|e| e.state == State::Orphaned);
-            report.orphans.skipped.revived += (before - plan.orphans.len()) as u64;
+            let (orphans, revived): (Vec<Entry>, Vec<Entry>) = std::mem::take(&mut plan.orphans)
+                .into_iter()
+                .partition(|e| e.state == State::Orphaned);
+            plan.orphans = orphans;
+            report.orphans.skipped.revived += revived.len() as u64;
+            let revived_ids = revived.iter().filter_map(|e| e.task_id.as_deref());
+            plan.live_task_ids.extend(revived_ids.map(task_id_hash));
         }
         if !ours && plan.options.lost_rows {
             let (lost_rows, skipped) = self.janitor.plan_lost_rows(cx).await?;
@@ -353,10 +357,12 @@ struct Remover<'r> {
     in_doubt: bool,
     /// Task ids revoked so far.
     revoked: HashSet<String>,
+    /// Task ids (hashed) of live work: never revoked (see `CleanupPlan::live_task_ids`).
+    live_task_ids: &'r HashSet<u64>,
 }
 
 impl<'r> Remover<'r> {
-    fn new(run: &'r Run<'_>, cx: &'r RunCtx<'_>) -> Self {
+    fn new(run: &'r Run<'_>, cx: &'r RunCtx<'_>, live_task_ids: &'r HashSet<u64>) -> Self {
         Remover {
             janitor: run.janitor,
             run_id: &run.run_id,
@@ -365,6 +371,7 @@ impl<'r> Remover<'r> {
             progress: cx.progress,
             in_doubt: false,
             revoked: HashSet::new(),
+            live_task_ids,
         }
     }
 
@@ -482,20 +489,21 @@ impl<'r> Remover<'r> {
             j.broker
                 .lock_cas(&j.scripts.lock, &mutex, &mutex_token, None)
                 .await?;
-            let mut removed = Vec::new();
+            let mut records = Vec::new();
+            let mut removed_ids = Vec::new();
             for (e, outcome) in chunk.iter().zip(outcomes?) {
                 match outcome {
-                    UnackedOutcome::Removed { archive_id } => {
+                    UnackedOutcome::Removed(removed, score) => {
                         report.removed.add(Location::Unacked, 1);
                         report.archived += 1;
-                        removed.push((e, archive_id));
+                        removed_ids.extend(e.task_id.clone());
+                        records.push(self.record(e, reason, removed, score, None));
                     }
                     UnackedOutcome::Gone => report.skipped.changed += 1,
                 }
             }
-            self.write_records(&j.broker, &archive, &removed).await?;
-            let ids = removed.iter().filter_map(|(e, _)| e.task_id.clone());
-            self.revoke_now(ids.collect(), report).await?;
+            self.write_records(records).await?;
+            self.revoke_now(removed_ids, report).await?;
             self.progress.advance(chunk.len() as u64);
         }
         Ok(())
@@ -542,15 +550,15 @@ impl<'r> Remover<'r> {
             let outcomes = self.note(outcomes)?;
             let mut resume = Vec::new();
             let mut taken = Vec::new();
-            let mut removed = Vec::new();
+            let mut records = Vec::new();
             for ((e, _), outcome) in chunk.into_iter().zip(outcomes) {
                 match outcome {
                     ListOutcome::Resume { resume: at } => resume.push((e, at)),
-                    ListOutcome::Removed { archive_id } => {
+                    ListOutcome::Removed(removed) => {
                         removed_so_far += 1;
                         report.removed.add(Location::Queue, 1);
                         report.archived += 1;
-                        removed.push((e, archive_id));
+                        records.push(self.record(&e, reason, removed, None, None));
                         self.progress.advance(1);
                     }
                     ListOutcome::Gone => {
@@ -560,9 +568,7 @@ impl<'r> Remover<'r> {
                     }
                 }
             }
-            let removed: Vec<(&Entry, String)> =
-                removed.iter().map(|(e, id)| (e, id.clone())).collect();
-            self.write_records(&j.broker, &archive, &removed).await?;
+            self.write_records(records).await?;
             self.revoke_now(taken, report).await?;
             // Targets the budget did not reach go first in the next call, from where it stopped.
             for item in resume.into_iter().rev() {
@@ -598,56 +604,60 @@ impl<'r> Remover<'r> {
             .call(&mut con, &common, &targets)
             .await;
         let outcomes = self.note(outcomes)?;
-        let mut removed = Vec::new();
+        let mut records = Vec::new();
         for (e, outcome) in chunk.iter().zip(outcomes) {
             match outcome {
-                ResultOutcome::Removed { archive_id } => {
+                ResultOutcome::Removed(removed, pttl) => {
                     report.removed.add(Location::Result, 1);
                     report.archived += 1;
-                    removed.push((e, archive_id));
+                    records.push(self.record(e, reason, removed, None, pttl));
                 }
                 ResultOutcome::Gone => report.skipped.changed += 1,
             }
         }
-        self.write_records(&j.backend, &archive, &removed).await
+        self.write_records(records).await
     }
 
-    /// The plan holds no bytes: reads back what the scripts just archived in the stream, writes
-    /// it to the archive file, then one audit line per removal.
-    async fn write_records(
+    /// The archive file's record of one removal, from the entry and what the script answered
+    /// (the exact bytes it archived: a plan holds only their spec).
+    fn record(
         &self,
-        handle: &RedisHandle,
-        archive: &[u8],
-        removed: &[(&Entry, String)],
-    ) -> Result<()> {
-        if removed.is_empty() {
-            return Ok(());
+        e: &Entry,
+        reason: &str,
+        removed: Removed,
+        score: Option<String>,
+        pttl: Option<i64>,
+    ) -> ArchiveRecord {
+        let unacked = e.location == Location::Unacked;
+        ArchiveRecord {
+            archive_id: removed.archive_id,
+            run_id: self.run_id.to_owned(),
+            redis: if e.location == Location::Result {
+                "backend"
+            } else {
+                "broker"
+            }
+            .to_owned(),
+            location: e.location,
+            key_b64: b64(&e.key),
+            value_b64: b64(&removed.value),
+            field_b64: e.field.as_deref().map(b64),
+            index_key_b64: unacked.then(|| b64(&self.janitor.broker_layout.unacked_index_key())),
+            score,
+            pttl,
+            task_id: e.task_id.clone(),
+            task_name: e.task_name.clone(),
+            owner_table: e.owner_table.clone(),
+            owner_id: e.owner_id.clone(),
+            reason: reason.to_owned(),
+            removed_at: chrono::Utc::now().to_rfc3339(),
         }
-        // One batch's archive entries are consecutive in the stream (this run holds the lock,
-        // and every writer of the stream takes it): one XRANGE from the first to the last.
-        let ids = removed.iter().map(|(_, id)| id.as_str());
-        let first = ids
-            .clone()
-            .min_by_key(|id| stream_id_order(id))
-            .unwrap_or("-");
-        let last = ids.max_by_key(|id| stream_id_order(id)).unwrap_or("+");
-        let page: Vec<StreamEntry> = redis::cmd("XRANGE")
-            .arg(archive)
-            .arg(first)
-            .arg(last)
-            .query_async(&mut handle.con.clone())
-            .await?;
-        let mut page: HashMap<String, Vec<(String, Vec<u8>)>> = page.into_iter().collect();
-        let mut records = Vec::with_capacity(removed.len());
-        for (_, id) in removed {
-            let record = page
-                .remove_entry(id)
-                .and_then(|(id, fields)| stream_record(id, fields))
-                .ok_or_else(|| EngineError::ArchiveStream {
-                    key: printable(archive),
-                    source: format!("entry {id} is missing right after it was written").into(),
-                })?;
-            records.push(record);
+    }
+
+    /// Archive file first, then one audit line per removal.
+    async fn write_records(&self, records: Vec<ArchiveRecord>) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
         }
         let events = records
             .iter()
@@ -672,6 +682,19 @@ impl<'r> Remover<'r> {
             .await
     }
 
+    /// A revoke goes by task id: one that live work also carries is not sent (that live task
+    /// would be discarded too).
+    fn shares_id_with_live_work(&self, task_id: &str) -> bool {
+        let shared = self.live_task_ids.contains(&task_id_hash(task_id));
+        if shared {
+            tracing::warn!(
+                task_id,
+                "not revoked: live work carries the same task id (a worker may still run the orphan)"
+            );
+        }
+        shared
+    }
+
     /// Removing a copy does not stop a worker that already holds the message (prefetched,
     /// waiting for its ETA, or just popped from a list): tell live workers to discard these
     /// tasks, right after the batch that removed them (or found them taken), so a worker has
@@ -683,7 +706,7 @@ impl<'r> Remover<'r> {
     ) -> Result<()> {
         let mut fresh: Vec<String> = task_ids
             .into_iter()
-            .filter(|t| !self.revoked.contains(t))
+            .filter(|t| !self.revoked.contains(t) && !self.shares_id_with_live_work(t))
             .collect();
         fresh.sort();
         fresh.dedup();

@@ -126,6 +126,12 @@ pub struct CleanupPlan {
     pub lost_rows: Vec<LostRows>,
     /// Owner tables whose lost rows are not planned, with the reason.
     pub skipped_tables: BTreeMap<String, String>,
+    /// Task ids (hashed) of work that is not orphaned: live, unowned or undecidable entries in a
+    /// queue or `unacked`, or started results. An orphan sharing its task id with one of them
+    /// (apps that choose their own task ids) is removed but never revoked: a revoke goes by
+    /// task id, and would make a worker discard the live task too.
+    #[serde(skip)]
+    pub(crate) live_task_ids: HashSet<u64>,
     /// The run whose lock was held while this plan was made (none for a dry run).
     #[serde(skip)]
     pub(crate) locked_by: Option<String>,
@@ -171,6 +177,13 @@ impl CleanupPlan {
         report.lost_rows.skipped_tables = self.skipped_tables.clone();
         report
     }
+}
+
+/// A task id as the plan remembers ids of live work: 8 bytes each, whatever the id's length. A
+/// collision only ever spares an orphan its revoke.
+pub(crate) fn task_id_hash(id: &str) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(id)
 }
 
 /// Results among `entries` that had no TTL when read.
@@ -300,10 +313,16 @@ struct Collector {
     undecidable: u64,
     expired: Vec<Entry>,
     unaged: u64,
+    live_task_ids: HashSet<u64>,
 }
 
 impl Collector {
     fn observe(&mut self, mut e: Entry) {
+        if e.state != State::Orphaned && e.holds_work() {
+            if let Some(id) = &e.task_id {
+                self.live_task_ids.insert(task_id_hash(id));
+            }
+        }
         match e.state {
             State::Orphaned => {
                 self.found.add(e.location, 1);
@@ -351,6 +370,7 @@ impl Janitor {
             undecidable: 0,
             expired: Vec::new(),
             unaged: 0,
+            live_task_ids: HashSet::new(),
         };
         let mut scan = ScanCtx::new(cx.progress, &cx.cancel);
         self.scan(&mut scan, &mut |e: Entry| {
@@ -371,6 +391,13 @@ impl Janitor {
         let (orphans, revived): (Vec<Entry>, Vec<Entry>) = candidates
             .into_iter()
             .partition(|e| e.state == State::Orphaned);
+        let mut live_task_ids = std::mem::take(&mut collector.live_task_ids);
+        live_task_ids.extend(
+            revived
+                .iter()
+                .filter_map(|e| e.task_id.as_deref())
+                .map(task_id_hash),
+        );
         let (lost_rows, skipped_tables) = lost.finish(self);
         Ok(CleanupPlan {
             run_id,
@@ -385,6 +412,7 @@ impl Janitor {
             unaged: collector.unaged,
             lost_rows,
             skipped_tables,
+            live_task_ids,
             locked_by: lock.map(|(run_id, _)| run_id.to_owned()),
             confirmed_at,
         })

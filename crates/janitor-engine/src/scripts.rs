@@ -74,11 +74,19 @@ pub(crate) struct ListTarget<'a> {
     pub(crate) meta: String,
 }
 
+/// One entry a script removed: its archive id and the exact bytes it archived (a plan holds
+/// only their spec; the archive file is written from these).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Removed {
+    pub(crate) archive_id: String,
+    pub(crate) value: Vec<u8>,
+}
+
 /// What became of one list target.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum ListOutcome {
-    /// Removed and archived; found `pops` places from where it was read.
-    Removed { archive_id: String },
+    /// Removed and archived.
+    Removed(Removed),
     /// The call's work budget ran out first: call again with `resume`.
     Resume { resume: i64 },
     /// Not in the list any more (a worker took it, or it changed).
@@ -114,15 +122,15 @@ impl RemoveListEntries {
         let keys = [key, common.archive, common.lock_key];
         let reply = invoke(&mut inv, con, &keys, common.archive).await?;
         let pairs = expect_pairs(reply, targets.len(), "remove_list_entries.lua")?;
-        Ok(pairs
-            .map(|(status, at)| match text(&status) {
-                Some(s) if s == "resume" => ListOutcome::Resume {
+        pairs
+            .map(|(status, at)| match removed(&status)? {
+                Some(r) => Ok(ListOutcome::Removed(r)),
+                None if text(&status).as_deref() == Some("resume") => Ok(ListOutcome::Resume {
                     resume: number(&at).unwrap_or(0),
-                },
-                Some(archive_id) => ListOutcome::Removed { archive_id },
-                None => ListOutcome::Gone,
+                }),
+                None => Ok(ListOutcome::Gone),
             })
-            .collect())
+            .collect()
     }
 }
 
@@ -143,9 +151,8 @@ pub(crate) struct UnackedKeys<'a> {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum UnackedOutcome {
-    Removed {
-        archive_id: String,
-    },
+    /// Removed, with its `unacked_index` score (`None` if it had none).
+    Removed(Removed, Option<String>),
     /// Gone or changed (acknowledged, or restored to its queue).
     Gone,
 }
@@ -180,12 +187,14 @@ impl RemoveUnacked {
         ];
         let reply = invoke(&mut inv, con, &named, common.archive).await?;
         let pairs = expect_pairs(reply, targets.len(), "remove_unacked_entries.lua")?;
-        Ok(pairs
-            .map(|(id, _score)| match text(&id) {
-                Some(archive_id) => UnackedOutcome::Removed { archive_id },
-                None => UnackedOutcome::Gone,
+        pairs
+            .map(|(id, score)| {
+                Ok(match removed(&id)? {
+                    Some(r) => UnackedOutcome::Removed(r, text(&score).filter(|s| !s.is_empty())),
+                    None => UnackedOutcome::Gone,
+                })
             })
-            .collect())
+            .collect()
     }
 }
 
@@ -198,9 +207,8 @@ pub(crate) struct ResultTarget<'a> {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum ResultOutcome {
-    Removed {
-        archive_id: String,
-    },
+    /// Removed, with the TTL it had left (ms, -1 for none).
+    Removed(Removed, Option<i64>),
     /// Gone, changed, or no longer a string.
     Gone,
 }
@@ -227,12 +235,14 @@ impl RemoveResults {
         keys.extend(targets.iter().map(|t| t.key));
         let reply = invoke(&mut inv, con, &keys, common.archive).await?;
         let pairs = expect_pairs(reply, targets.len(), "remove_results.lua")?;
-        Ok(pairs
-            .map(|(id, _pttl)| match text(&id) {
-                Some(archive_id) => ResultOutcome::Removed { archive_id },
-                None => ResultOutcome::Gone,
+        pairs
+            .map(|(id, pttl)| {
+                Ok(match removed(&id)? {
+                    Some(r) => ResultOutcome::Removed(r, number(&pttl)),
+                    None => ResultOutcome::Gone,
+                })
             })
-            .collect())
+            .collect()
     }
 }
 
@@ -339,6 +349,25 @@ fn expect_pairs(
     }
     let mut it = reply.into_iter();
     Ok(std::iter::from_fn(move || Some((it.next()?, it.next()?))))
+}
+
+/// `{archive id, value}` for a removed entry; `None` for a reply that is not an array.
+fn removed(v: &Value) -> Result<Option<Removed>> {
+    let Value::Array(items) = v else {
+        return Ok(None);
+    };
+    if let [id, value] = items.as_slice() {
+        if let (Some(archive_id), Ok(value)) =
+            (text(id), redis::from_redis_value_ref::<Vec<u8>>(value))
+        {
+            return Ok(Some(Removed { archive_id, value }));
+        }
+    }
+    Err(EngineError::ScriptReply {
+        script: "a removal script",
+        got: items.len(),
+        expected: 2,
+    })
 }
 
 fn text(v: &Value) -> Option<String> {
