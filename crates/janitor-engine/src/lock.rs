@@ -154,6 +154,15 @@ impl RunLock {
     }
 }
 
+/// A lock dropped without [`RunLock::release`] (a front end that let a `Run` go on an error)
+/// stops being refreshed, so it expires within [`LOCK_TTL_MS`] instead of being kept alive by
+/// a detached heartbeat for as long as the process runs.
+impl Drop for RunLock {
+    fn drop(&mut self) {
+        self.heartbeat.abort();
+    }
+}
+
 /// Describes the current holder; also returns its exact value (for a take-over).
 async fn busy_error(handle: &RedisHandle, key: &[u8]) -> Result<(EngineError, String)> {
     let mut con = handle.con.clone();

@@ -243,3 +243,28 @@ async fn again_plan(w: &World) -> janitor_engine::CleanupPlan {
         .await
         .unwrap()
 }
+
+/// A front end that lets a `Run` go (an error between `begin_run` and `apply`) must not keep
+/// the lock alive: the heartbeat stops, so the lock expires by itself.
+#[tokio::test]
+async fn a_run_dropped_without_apply_stops_refreshing_its_lock() {
+    let w = world("A").await;
+    let run = w
+        .janitor
+        .begin_run(&PlanOptions::orphans(), false)
+        .await
+        .unwrap();
+    drop(run);
+    // The heartbeat refreshes every 5 s to a 30 s TTL; after 6 s unrefreshed, at most 24 s remain.
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    let mut con = w.redis.con().await;
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg("celery-janitor:lock")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert!(
+        (0..=24_500).contains(&pttl),
+        "the lock is still refreshed: pttl {pttl}"
+    );
+}
