@@ -115,8 +115,27 @@ local function found_it(t, pos, pops)
   results[t.slot + 1] = math.max(0, pops)
 end
 
--- Phase 1, per target. Targets it misses go to phase 2.
-local targets, missed = {}, {}
+-- Phase 2 for one target: a walk from its index from the head when read (or from where an
+-- earlier call stopped) towards the tail, up to where phase 1 started. A walk is about as long
+-- as the pushes at the head since the target was read.
+local function phase_two(t)
+  if t.from > t.to then
+    return
+  end
+  local found, reached = walk(t, t.from, t.to)
+  if found ~= nil then
+    found_it(t, found, found - (len - 1 - t.dr))
+  elseif reached <= t.to then
+    results[t.slot] = 'resume'
+    results[t.slot + 1] = -1 - reached
+  end
+end
+
+-- Each target in order (tail first): phase 1, then at once phase 2 if phase 1 missed it. The
+-- first target of a call gets the whole budget, so every call makes progress on it, and the
+-- next call starts with it again (never with a target nearer the head, which could not be
+-- removed before it).
+local targets = {}
 for i = 6, #ARGV, 5 do
   local t = {
     dr = tonumber(ARGV[i]), lo = math.max(0, tonumber(ARGV[i + 2])),
@@ -145,28 +164,11 @@ for i = 6, #ARGV, 5 do
       -- at least as many pops, unless RPUSHes came in between: phase 2 covers that case.
       if t.dr + 1 > carry then carry = t.dr + 1 end
       t.from, t.to = t.lo, start - 1
-      missed[#missed + 1] = t
+      phase_two(t)
     end
   else
     t.from, t.to = -1 - p, len - 1
-    missed[#missed + 1] = t
-  end
-end
-
--- Phase 2, per missed target, in order (tail first): a walk from its index from the head when
--- read (or from where an earlier call stopped) towards the tail, up to where phase 1 started.
--- A walk is about as long as the pushes at the head since the target was read. The first target
--- of a call always gets the whole budget, so every call makes progress on it, and the next call
--- starts with it again (never with a target nearer the head, which could not be removed first).
-for _, t in ipairs(missed) do
-  if t.from <= t.to then
-    local found, reached = walk(t, t.from, t.to)
-    if found ~= nil then
-      found_it(t, found, found - (len - 1 - t.dr))
-    elseif reached <= t.to then
-      results[t.slot] = 'resume'
-      results[t.slot + 1] = -1 - reached
-    end
+    phase_two(t)
   end
 end
 
