@@ -138,7 +138,7 @@ class PostgresDatabase:
 
     def __init__(self, admin_url: str | None = None) -> None:
         self.admin_url = admin_url or pg_admin_url()
-        self.name = "cj_test_" + uuid.uuid4().hex[:12]
+        self.name = os.environ.get("CJ_TEST_DB_PREFIX", "cj_test_") + uuid.uuid4().hex[:12]
         self.url = _with_database(self.admin_url, self.name)
 
     def create(self) -> None:
