@@ -186,6 +186,17 @@ pub(crate) fn task_id_hash(id: &str) -> u64 {
     BuildHasherDefault::<DefaultHasher>::default().hash_one(id)
 }
 
+/// Work that a revoke by task id would also stop: a message (queued or in `unacked`) that is
+/// not an orphan, or a started or retrying result whose owner row exists. An unowned or
+/// undecidable result (without `result_extended` a result has no task name) is most likely the
+/// task's own state — an orphan that is retrying — and does not count.
+fn is_live_work(e: &Entry) -> bool {
+    match e.location {
+        Location::Queue | Location::Unacked => e.state != State::Orphaned,
+        Location::Result => e.state == State::Live && e.holds_work(),
+    }
+}
+
 /// Results among `entries` that had no TTL when read.
 pub(crate) fn without_ttl(entries: &[Entry]) -> u64 {
     entries.iter().filter(|e| e.pttl == Some(-1)).count() as u64
@@ -318,7 +329,7 @@ struct Collector {
 
 impl Collector {
     fn observe(&mut self, mut e: Entry) {
-        if e.state != State::Orphaned && e.holds_work() {
+        if is_live_work(&e) {
             if let Some(id) = &e.task_id {
                 self.live_task_ids.insert(task_id_hash(id));
             }
