@@ -476,11 +476,16 @@ impl Janitor {
         };
         let revoked = flags.iter().filter(|f| **f).count();
         if revoked > 0 {
+            let (was, them, they, these) = if revoked == 1 {
+                ("tasks was", "it", "it", "this task reaches")
+            } else {
+                ("tasks were", "them", "them", "these tasks reach")
+            };
             report.warnings.push(format!(
-                "{revoked} of the restored tasks were revoked by the cleanup: Celery workers that \
-                 were running then discard them when they receive them (Celery remembers revokes \
-                 for 3 hours, or across restarts with --statedb). Restart those workers (without \
-                 their revoke state file) before these tasks reach them, or send the tasks anew"
+                "{revoked} of the restored {was} revoked by the cleanup: Celery workers that \
+                 were running then discard {them} when they receive {they} (Celery remembers \
+                 revokes for 3 hours, or across restarts with --statedb). Restart those workers \
+                 (without their revoke state file) before {these} them, or send {they} anew"
             ));
         }
     }
