@@ -43,6 +43,13 @@ pub(crate) fn run(cli: Cli) -> Result<Code> {
     let get_env = |k: &str| std::env::var(k).ok();
     let discovery = janitor_config::Discovery::standard(&get_env);
     let settings = janitor_config::resolve_with(&flags, &get_env, &discovery)?;
+    let _ = SECRETS.set(
+        [&settings.broker_url, &settings.backend_url]
+            .into_iter()
+            .chain(settings.database_url.as_ref())
+            .cloned()
+            .collect(),
+    );
     crate::logging::init(&settings.app_log, global.verbose);
     tracing::info!(
         command = ?command_name(&command),
@@ -59,6 +66,19 @@ pub(crate) fn run(cli: Cli) -> Result<Code> {
         .context("cannot start the async runtime")?;
     let quiet = global.quiet;
     runtime.block_on(async move { dispatch(settings, command, quiet).await })
+}
+
+/// The URLs of the resolved settings, so the last error line can be scrubbed of their secrets
+/// whatever layer wrote it (see `main`).
+static SECRETS: std::sync::OnceLock<Vec<janitor_config::SecretUrl>> = std::sync::OnceLock::new();
+
+/// `text` with every configured URL shown redacted and its password, in any spelling, as `****`.
+pub(crate) fn scrub(text: &str) -> String {
+    SECRETS
+        .get()
+        .into_iter()
+        .flatten()
+        .fold(text.to_owned(), |text, url| url.scrub(&text))
 }
 
 fn command_name(c: &Command) -> &'static str {
@@ -250,4 +270,16 @@ fn init(path: &std::path::Path, force: bool) -> Result<Code> {
         );
     }
     Ok(Code::Success)
+}
+
+#[cfg(test)]
+mod scrub_tests {
+    #[test]
+    fn the_last_error_line_loses_configured_passwords() {
+        let url = janitor_config::SecretUrl::parse_redis("redis://:s3cr%2Ft@cache:6379/0").unwrap();
+        let _ = super::SECRETS.set(vec![url]);
+        let line =
+            super::scrub("cannot reach redis://:s3cr%2Ft@cache:6379/0: password s3cr/t refused");
+        assert!(!line.contains("s3cr"), "{line}");
+    }
 }

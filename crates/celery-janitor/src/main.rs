@@ -18,7 +18,12 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             let code = exit::Code::of(&err);
-            eprintln!("celery-janitor: error: {}", exit::one_line(&err));
+            // Every layer scrubs what it knows; this is the last net for a driver message that
+            // echoed a configured URL.
+            eprintln!(
+                "celery-janitor: error: {}",
+                commands::scrub(&exit::one_line(&err))
+            );
             if let Some(hint) = exit::hint(&err) {
                 eprintln!("  hint: {hint}");
             }
