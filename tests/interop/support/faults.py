@@ -138,10 +138,19 @@ def archived_entries(client: redis.Redis) -> list[Archived]:
 
 
 def archive_file_records(janitor: Janitor) -> list[dict[str, Any]]:
-    """Every record of the janitor's archive files (`archive/<run id>.jsonl`)."""
+    """Every record of the janitor's archive files (`archive/<run id>.jsonl`), read as the
+    janitor reads them: a `kill -9` in the middle of a batch's write() can tear a line (the
+    next run or `restore` then appends the missing records from the archive stream after it),
+    and an unreadable line is skipped."""
     records: list[dict[str, Any]] = []
     for path in sorted((janitor.workdir / "archive").rglob("*.jsonl")):
-        records.extend(json.loads(line) for line in path.read_text().splitlines() if line.strip())
+        for line in path.read_text().splitlines():
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # torn by a kill
     return records
 
 
