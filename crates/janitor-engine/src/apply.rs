@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashSet, VecDeque};
 use crate::archive::{b64, printable, stream_meta, unb64, ArchiveRecord};
 use crate::audit::AuditEvent;
 use crate::cancel::Cancel;
-use crate::classify::{Entry, Location, State};
+use crate::classify::{Entry, Location};
 use crate::context::RunCtx;
 use crate::error::{EngineError, Result};
 use crate::janitor::{Janitor, OwnKey, TOMBSTONE_PREFIX};
@@ -225,17 +225,17 @@ impl Run<'_> {
     ) -> Result<()> {
         let ours = plan.locked_by.as_deref() == Some(self.run_id.as_str());
         if !ours || plan.confirmed_at.elapsed().as_secs_f64() > self.limits.grace {
-            for chunk in plan.orphans.chunks_mut(1000) {
-                cx.cancel.check()?;
-                self.janitor.settle(chunk).await?;
-            }
-            let (orphans, revived): (Vec<Entry>, Vec<Entry>) = std::mem::take(&mut plan.orphans)
-                .into_iter()
-                .partition(|e| e.state == State::Orphaned);
-            plan.orphans = orphans;
-            report.orphans.skipped.revived += revived.len() as u64;
-            let revived_ids = revived.iter().filter_map(|e| e.task_id.as_deref());
-            plan.live_task_ids.extend(revived_ids.map(task_id_hash));
+            // The plan waited out the grace period when it was made: ask the owners again now.
+            self.janitor
+                .confirm(
+                    &mut plan.orphans,
+                    0.0,
+                    Some(&self.lock),
+                    &cx.cancel,
+                    cx.progress,
+                )
+                .await?;
+            report.orphans.skipped.revived += plan.set_aside_revived();
         }
         if !ours && plan.options.lost_rows {
             let (lost_rows, skipped) = self.janitor.plan_lost_rows(cx).await?;

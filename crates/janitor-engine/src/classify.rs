@@ -99,7 +99,7 @@ pub struct Entry {
 }
 
 impl Entry {
-    fn new(location: Location, key: Vec<u8>, raw: Vec<u8>) -> Self {
+    pub(crate) fn new(location: Location, key: Vec<u8>, raw: Vec<u8>) -> Self {
         Entry {
             location,
             key,

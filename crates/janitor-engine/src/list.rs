@@ -323,28 +323,12 @@ mod tests {
     }
 
     fn entry(location: Location, key: &[u8]) -> Entry {
-        Entry {
-            location,
-            key: key.to_vec(),
-            queue: Some("custom".into()),
-            task_id: Some("t1".into()),
-            task_name: Some("app.add".into()),
-            owner_table: None,
-            owner_id: None,
-            state: State::Unowned,
-            reason: None,
-            raw: Vec::new(),
-            field: None,
-            index: None,
-            list_len: None,
-            result_status: None,
-            date_done: None,
-            eta: None,
-            pttl: None,
-            owner_rule: None,
-            read_at: None,
-            spec: None,
-        }
+        let mut e = Entry::new(location, key.to_vec(), Vec::new());
+        e.queue = Some("custom".into());
+        e.task_id = Some("t1".into());
+        e.task_name = Some("app.add".into());
+        e.state = State::Unowned;
+        e
     }
 
     #[test]

@@ -160,6 +160,18 @@ impl CleanupPlan {
         report
     }
 
+    /// Takes out the orphans whose owner row has appeared (the last owner lookup settled them
+    /// live): their task ids join the live work. Returns how many.
+    pub(crate) fn set_aside_revived(&mut self) -> u64 {
+        let (orphans, revived): (Vec<Entry>, Vec<Entry>) = std::mem::take(&mut self.orphans)
+            .into_iter()
+            .partition(|e| e.state == State::Orphaned);
+        self.orphans = orphans;
+        let ids = revived.iter().filter_map(|e| e.task_id.as_deref());
+        self.live_task_ids.extend(ids.map(task_id_hash));
+        revived.len() as u64
+    }
+
     /// The report's parts that the plan already knows, before anything is applied.
     pub(crate) fn report_skeleton(&self, dry_run: bool) -> FullCleanupReport {
         let mut report = FullCleanupReport {
@@ -182,8 +194,7 @@ impl CleanupPlan {
 /// A task id as the plan remembers ids of live work: 8 bytes each, whatever the id's length. A
 /// collision only ever spares an orphan its revoke.
 pub(crate) fn task_id_hash(id: &str) -> u64 {
-    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-    BuildHasherDefault::<DefaultHasher>::default().hash_one(id)
+    crate::scan::hash64(id.as_bytes())
 }
 
 /// Work that a revoke by task id would also stop: a message (queued or in `unacked`) that is
@@ -399,34 +410,26 @@ impl Janitor {
         )
         .await?;
         let confirmed_at = Instant::now();
-        let (orphans, revived): (Vec<Entry>, Vec<Entry>) = candidates
-            .into_iter()
-            .partition(|e| e.state == State::Orphaned);
-        let mut live_task_ids = std::mem::take(&mut collector.live_task_ids);
-        live_task_ids.extend(
-            revived
-                .iter()
-                .filter_map(|e| e.task_id.as_deref())
-                .map(task_id_hash),
-        );
         let (lost_rows, skipped_tables) = lost.finish(self);
-        Ok(CleanupPlan {
+        let mut plan = CleanupPlan {
             run_id,
             options: o.clone(),
             grace_seconds: limits.grace,
             max_age_hours: limits.max_age_hours,
             found: collector.found,
-            orphans,
-            revived: revived.len() as u64,
+            orphans: candidates,
+            revived: 0,
             undecidable: collector.undecidable,
             expired: collector.expired,
             unaged: collector.unaged,
             lost_rows,
             skipped_tables,
-            live_task_ids,
+            live_task_ids: collector.live_task_ids,
             locked_by: lock.map(|(run_id, _)| run_id.to_owned()),
             confirmed_at,
-        })
+        };
+        plan.revived = plan.set_aside_revived();
+        Ok(plan)
     }
 }
 

@@ -67,9 +67,11 @@ impl<'a> ScanCtx<'a> {
     }
 }
 
-fn field_hash(field: &[u8]) -> u64 {
+/// Eight bytes standing for `bytes` where only "seen before?" matters (`unacked` fields read
+/// twice, list messages read twice, task ids of live work): the same in every call of a process.
+pub(crate) fn hash64(bytes: &[u8]) -> u64 {
     use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-    BuildHasherDefault::<DefaultHasher>::default().hash_one(field)
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(bytes)
 }
 
 const PAGE: usize = 500;
@@ -96,8 +98,7 @@ impl RecentWindow {
 
     /// False if `raw` was seen within the window.
     fn insert(&mut self, raw: &[u8]) -> bool {
-        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-        let h = BuildHasherDefault::<DefaultHasher>::default().hash_one(raw);
+        let h = hash64(raw);
         if !self.seen.insert(h) {
             return false;
         }
@@ -232,7 +233,7 @@ impl Janitor {
             let mut it = flat.into_iter();
             while let (Some(field), Some(raw)) = (it.next(), it.next()) {
                 // HSCAN may return a field twice; a repeat is skipped in both passes.
-                let new = seen.insert(field_hash(&field));
+                let new = seen.insert(hash64(&field));
                 if new {
                     raws.push(RawEntry::Unacked {
                         key: key.clone(),
