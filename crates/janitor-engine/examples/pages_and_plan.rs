@@ -80,6 +80,7 @@ async fn run(settings: Settings, apply: bool, page_size: usize) -> Result<Summar
 mod tests {
     use janitor_testkit::fixtures::{scenario, Capture, Dump};
     use janitor_testkit::redis_server::TestRedis;
+    use janitor_testkit::sqlite_owners;
 
     /// Captured Celery 5.7 state (queues and priority sub-lists) with `app.add(2, …)` and
     /// `app.add(3, …)` live, every other first argument a deleted row.
@@ -92,30 +93,9 @@ mod tests {
         let redis = TestRedis::start().await;
         redis.load(&Dump::load(&path)).await;
         let dir = tempfile::tempdir().unwrap();
-        let db = format!(
-            "sqlite://{}?mode=rwc",
-            dir.path().join("owners.sqlite").display()
-        );
-        {
-            use sqlx::Connection;
-            let mut con = sqlx::SqliteConnection::connect(&db).await.unwrap();
-            sqlx::query("CREATE TABLE adds (id INTEGER PRIMARY KEY)")
-                .execute(&mut con)
-                .await
-                .unwrap();
-            sqlx::query("INSERT INTO adds (id) VALUES (2), (3)")
-                .execute(&mut con)
-                .await
-                .unwrap();
-        }
-        let config = format!(
-            "[redis]\nurl = \"{}\"\n[database]\nurl = \"{db}\"\n[cleanup]\ngrace_seconds = 0\n\
-             [logging]\napp_log = \"{d}/app.log\"\naudit_log = \"{d}/audit.jsonl\"\n\
-             [archive]\ndir = \"{d}/archive\"\n\
-             [[owners]]\ntable = \"adds\"\nid_column = \"id\"\ntasks = [\"app.add\"]\nid_from = \"arg:0\"\n",
-            redis.url(),
-            d = dir.path().display(),
-        );
+        let db = sqlite_owners::create(dir.path()).await;
+        let section = format!("url = \"{}\"", redis.url());
+        let config = sqlite_owners::config(&section, &db, dir.path(), "");
         let settings = || {
             janitor_config::resolve_text(&config, &janitor_config::Flags::default(), &|_| None)
                 .unwrap()

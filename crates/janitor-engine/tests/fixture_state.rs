@@ -15,8 +15,7 @@ use janitor_engine::{
 use janitor_testkit::fixtures::{self as support, Capture, Dump};
 use janitor_testkit::redis_server::{Snapshot, TestRedis};
 
-/// Rows that exist in the owner table: `app.add(2, …)` and `app.add(3, …)` are live.
-const LIVE_IDS: [i64; 2] = [2, 3];
+use janitor_testkit::sqlite_owners::{self, LIVE_IDS};
 
 async fn janitor_for(redis: &TestRedis, dir: &std::path::Path) -> Janitor {
     let section = format!("url = \"{}\"", redis.url());
@@ -25,48 +24,11 @@ async fn janitor_for(redis: &TestRedis, dir: &std::path::Path) -> Janitor {
 
 /// A janitor whose `[redis]` section is `redis_section`, with `owner_extra` added to its rule.
 async fn janitor_with(redis_section: &str, owner_extra: &str, dir: &std::path::Path) -> Janitor {
-    let db = dir.join("owners.sqlite");
-    let url = format!("sqlite://{}?mode=rwc", db.display());
-    {
-        use sqlx::Connection;
-        let mut con = sqlx::SqliteConnection::connect(&url).await.unwrap();
-        sqlx::query("CREATE TABLE IF NOT EXISTS adds (id INTEGER PRIMARY KEY, status TEXT, created_at TEXT)")
-            .execute(&mut con)
-            .await
-            .unwrap();
-        for id in LIVE_IDS {
-            sqlx::query("INSERT OR IGNORE INTO adds (id, status, created_at) VALUES (?, 'done', '2020-01-01 00:00:00')")
-                .bind(id)
-                .execute(&mut con)
-                .await
-                .unwrap();
-        }
-    }
+    let url = sqlite_owners::create(dir).await;
     let config = dir.join("janitor.toml");
     std::fs::write(
         &config,
-        format!(
-            r#"
-[redis]
-{redis_section}
-[database]
-url = "{url}"
-[cleanup]
-grace_seconds = 0
-[logging]
-app_log = "{dir}/app.log"
-audit_log = "{dir}/audit.jsonl"
-[archive]
-dir = "{dir}/archive"
-[[owners]]
-table = "adds"
-id_column = "id"
-tasks = ["app.add"]
-id_from = "arg:0"
-{owner_extra}
-"#,
-            dir = dir.display(),
-        ),
+        sqlite_owners::config(redis_section, &url, dir, owner_extra),
     )
     .unwrap();
     let flags = janitor_config::Flags {

@@ -6,9 +6,7 @@
 use janitor_engine::{CleanupOptions, Janitor, Location, PlanOptions, RunCtx, State, ValueSpec};
 use janitor_testkit::fixtures::{self as support, Capture, Dump};
 use janitor_testkit::redis_server::{Snapshot, TestRedis};
-
-/// `app.add(2, …)` and `app.add(3, …)` are live; every other first argument is a deleted row.
-const LIVE_IDS: [i64; 2] = [2, 3];
+use janitor_testkit::sqlite_owners;
 
 struct World {
     redis: TestRedis,
@@ -25,35 +23,9 @@ async fn world(scenario: &str) -> World {
     let redis = TestRedis::start().await;
     redis.load(&Dump::load(&path)).await;
     let dir = tempfile::tempdir().unwrap();
-    let db_url = format!(
-        "sqlite://{}?mode=rwc",
-        dir.path().join("owners.sqlite").display()
-    );
-    for id in LIVE_IDS {
-        sql(&db_url, &format!("INSERT INTO adds (id) VALUES ({id})")).await;
-    }
-    let config = format!(
-        r#"
-[redis]
-url = "{redis}"
-[database]
-url = "{db_url}"
-[cleanup]
-grace_seconds = 0
-[logging]
-app_log = "{dir}/app.log"
-audit_log = "{dir}/audit.jsonl"
-[archive]
-dir = "{dir}/archive"
-[[owners]]
-table = "adds"
-id_column = "id"
-tasks = ["app.add"]
-id_from = "arg:0"
-"#,
-        redis = redis.url(),
-        dir = dir.path().display(),
-    );
+    let db_url = sqlite_owners::create(dir.path()).await;
+    let section = format!("url = \"{}\"", redis.url());
+    let config = sqlite_owners::config(&section, &db_url, dir.path(), "");
     // Settings from an in-memory TOML text: what the server and the Python package do.
     let settings =
         janitor_config::resolve_text(&config, &janitor_config::Flags::default(), &|_| None)
@@ -65,18 +37,6 @@ id_from = "arg:0"
         janitor,
         _dir: dir,
     }
-}
-
-async fn sql(url: &str, statement: &str) {
-    use sqlx::Connection;
-    let mut con = sqlx::SqliteConnection::connect(url).await.unwrap();
-    sqlx::query(
-        "CREATE TABLE IF NOT EXISTS adds (id INTEGER PRIMARY KEY, status TEXT, created_at TEXT)",
-    )
-    .execute(&mut con)
-    .await
-    .unwrap();
-    sqlx::query(statement).execute(&mut con).await.unwrap();
 }
 
 /// Every orphan the engine sees now, with its bytes.
@@ -173,7 +133,7 @@ async fn a_plan_made_without_the_lock_is_checked_again_before_it_is_applied() {
     let before = Snapshot::take(&w.redis).await;
     for e in &plan.orphans {
         let id: i64 = e.owner_id.as_deref().unwrap().parse().unwrap();
-        sql(
+        sqlite_owners::execute(
             &w.db_url,
             &format!("INSERT OR IGNORE INTO adds (id) VALUES ({id})"),
         )

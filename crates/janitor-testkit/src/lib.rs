@@ -1,8 +1,8 @@
 //! celery-janitor's test support, shared by the crates' tests (a dev-dependency only, never
 //! published): the captured Celery fixtures ([`fixtures`]), a `redis-server` of the test's own
 //! ([`redis_server`]), a PostgreSQL database per test ([`postgres`]), the one fixed captured
-//! keyspace the CLI contract runs against ([`keyspace`]), and the reader of `docs/cli.md`
-//! ([`docs`]).
+//! keyspace the CLI contract runs against ([`keyspace`]), the SQLite owner table of the engine's
+//! tests ([`sqlite_owners`]), and the reader of `docs/cli.md` ([`docs`]).
 //!
 //! Every server and database a test uses is started or created by the test and removed after
 //! it; nothing here touches the machine's own Redis or an existing database. A missing
@@ -13,6 +13,7 @@ pub mod fixtures;
 pub mod keyspace;
 pub mod postgres;
 pub mod redis_server;
+pub mod sqlite_owners;
 
 #[cfg(test)]
 mod tests {
