@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from support.janitor import Janitor, scan_owner
+from support.janitor import Janitor, janitor_config
 from support.servers import PostgresDatabase, RedisServer
 from support.world import ScannerWorld
 
@@ -71,17 +71,6 @@ def make_world(
 def world(make_world: Callable[..., ScannerWorld]) -> ScannerWorld:
     """The scanner deployment with extended results (result_extended=True)."""
     return make_world()
-
-
-def janitor_config(world: ScannerWorld, **owner_overrides: Any) -> dict[str, Any]:
-    return {
-        "redis": {"url": world.redis_server.url},
-        "database": {"url": world.database.url},
-        "cleanup": {"grace_seconds": 1, "max_age_hours": 24},
-        "logging": {"app_log": "logs/app.log", "audit_log": "logs/audit.jsonl"},
-        "archive": {"dir": "archive"},
-        "owners": [scan_owner(**owner_overrides)],
-    }
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ import pytest
 
 from support import envelopes
 from support.world import ScannerWorld
-from test_lua_scripts import ARCHIVE, LOCK, META, TOKEN, call, script, spec
+from test_lua_scripts import ARCHIVE, LOCK, TOKEN, call, engine_list_args, script
 
 LIST = b"celery"
 
@@ -63,9 +63,9 @@ def test_two_identical_orphans_after_one_rpush_are_both_removed(world: ScannerWo
     at = [i for i, e in enumerate(listed) if e == orphan]
     assert at == [2, 8]
     r.rpush(LIST, live[10])  # kombu puts an unacked message back at the consume end
-    args = [TOKEN, b"celery-janitor:tombstone:1", b"20000", b"33554432", b"100000"]
-    for i in sorted(at, reverse=True):  # tail first, as the engine sends them
-        args += [str(length - 1 - i).encode(), b"0", str(i).encode(), spec(orphan), META]
+    # Tail first, as the engine sends them.
+    chunk = [((i, length, orphan), 0) for i in sorted(at, reverse=True)]
+    args = engine_list_args(1, 20_000, chunk, 0)
     reply = call(r, script("remove_list_entries.lua"), [LIST, ARCHIVE, LOCK], args)
     assert isinstance(reply, list)
     left = cast("list[bytes]", r.lrange(LIST, 0, -1))
@@ -137,11 +137,7 @@ def test_duplicated_orphans_over_many_calls_under_push_and_pop(
                 elif spare:
                     r.rpush(LIST, spare.popleft())
             chunk = [pending.popleft() for _ in range(min(10, len(pending)))]
-            args = [TOKEN, b"celery-janitor:tombstone:" + str(calls).encode()]
-            args += [str(rng.choice([5, 30, 120])).encode(), b"33554432", b"100000"]
-            for (index, length, raw), p in chunk:
-                args += [str(length - 1 - index - removed_count).encode(), str(p).encode()]
-                args += [str(index).encode(), spec(raw), META]
+            args = engine_list_args(calls, rng.choice([5, 30, 120]), chunk, removed_count)
             before = Counter(cast("list[bytes]", r.lrange(LIST, 0, -1)))
             reply = call(r, text, [LIST, ARCHIVE, LOCK], args)
             assert isinstance(reply, list) and len(reply) == 2 * len(chunk), reply

@@ -23,7 +23,7 @@ from typing import cast
 import pytest
 import redis
 
-from support.faults import ARCHIVE_KEY, archive_file_records
+from support.faults import ARCHIVE_KEY, archive_file_records, janitor_with_grace
 from support.janitor import Janitor
 from support.world import ScannerWorld
 
@@ -106,20 +106,6 @@ def _orphan_queue(world: ScannerWorld, n: int) -> tuple[list[int], list[bytes]]:
     return rows, before
 
 
-def _janitor_via(make_janitor: Callable[..., Janitor], world: ScannerWorld, url: str) -> Janitor:
-    from support.janitor import scan_owner
-
-    config = {
-        "redis": {"url": url},
-        "database": {"url": world.database.url},
-        "cleanup": {"grace_seconds": 0, "max_age_hours": 24},
-        "logging": {"app_log": "logs/app.log", "audit_log": "logs/audit.jsonl"},
-        "archive": {"dir": "archive"},
-        "owners": [scan_owner()],
-    }
-    return make_janitor(world, config=config)
-
-
 def test_archive_entries_gone_before_the_read_back_are_not_lost(
     world: ScannerWorld, make_janitor: Callable[..., Janitor]
 ) -> None:
@@ -139,7 +125,7 @@ def test_archive_entries_gone_before_the_read_back_are_not_lost(
 
     proxy = ReadbackProxy(world.redis_server.port, trim)
     try:
-        janitor = _janitor_via(make_janitor, world, proxy.url)
+        janitor = janitor_with_grace(world, make_janitor, redis_url=proxy.url)
         run = janitor.run("cleanup-orphaned", "--json", "--grace", "0")
     finally:
         proxy.close()
@@ -170,7 +156,7 @@ def test_kill_9_between_the_script_and_the_read_back_then_restore(
 
     proxy = ReadbackProxy(world.redis_server.port, kill)
     try:
-        janitor = _janitor_via(make_janitor, world, proxy.url)
+        janitor = janitor_with_grace(world, make_janitor, redis_url=proxy.url)
         proc = janitor.start("cleanup-orphaned", "--json", "--grace", "0")
         pid.append(proc.pid)
         proc.communicate(timeout=60)
@@ -181,7 +167,7 @@ def test_kill_9_between_the_script_and_the_read_back_then_restore(
     assert direct.llen(b"celery") == 0
     assert not archive_file_records(janitor), "the reply never arrived, so nothing is in the file"
     # The dead run's lock: take it over as an operator would.
-    direct_janitor = _janitor_via(make_janitor, world, world.redis_server.url)
+    direct_janitor = janitor_with_grace(world, make_janitor)
     run = direct_janitor.run("restore", "--json", "--take-over-lock")
     assert run.returncode == 0, run.describe()
     assert direct.lrange(b"celery", 0, -1) == before or sorted(

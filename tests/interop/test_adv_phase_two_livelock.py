@@ -28,8 +28,8 @@ from typing import Any, cast
 import pytest
 
 from support import envelopes
-from support.faults import DEFAULT_LIST
-from support.janitor import Janitor, scan_owner
+from support.faults import DEFAULT_LIST, janitor_with_grace
+from support.janitor import Janitor
 from support.world import ScannerWorld
 
 pytestmark = [pytest.mark.janitor]
@@ -74,15 +74,7 @@ def test_phase_two_batches_finish(
         for i in range(MOVED)
     ]
 
-    config: dict[str, Any] = {
-        "redis": {"url": world.redis_server.url},
-        "database": {"url": world.database.url},
-        "cleanup": {"grace_seconds": 4, "max_age_hours": 24},
-        "logging": {"app_log": "logs/app.log", "audit_log": "logs/audit.jsonl"},
-        "archive": {"dir": "archive"},
-        "owners": [scan_owner()],
-    }
-    janitor = make_janitor(world, config=config)
+    janitor = janitor_with_grace(world, make_janitor, grace=4)
     client.config_set("slowlog-log-slower-than", 0)
     client.config_set("slowlog-max-len", 1_000_000)
     client.slowlog_reset()

@@ -27,8 +27,6 @@ popper's record).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import random
 import re
 import threading
@@ -46,7 +44,8 @@ import redis
 from scanner.app import SCAN_TASK, make_app
 from support import envelopes
 from support.celery_state import PRIORITY_STEPS, priority_key
-from support.janitor import Janitor, JanitorRun, scan_owner
+from support.faults import janitor_with_grace
+from support.janitor import Janitor, JanitorRun, split_spec, value_key
 from support.redis_monitor import Command, RedisMonitor, ScriptCall, script_calls
 from support.waiting import wait_until
 from support.world import ScannerWorld, fk_violations
@@ -68,19 +67,6 @@ ZERO_SKIPS_BUT_CHANGED = {"revived": 0, "busy": 0}
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def grace0_janitor(world: ScannerWorld, make_janitor: Callable[..., Janitor]) -> Janitor:
-    """A janitor for the world with `grace_seconds = 0`: rows are deleted long before the run."""
-    config = {
-        "redis": {"url": world.redis_server.url},
-        "database": {"url": world.database.url},
-        "cleanup": {"grace_seconds": 0, "max_age_hours": 24},
-        "logging": {"app_log": "logs/app.log", "audit_log": "logs/audit.jsonl"},
-        "archive": {"dir": "archive"},
-        "owners": [scan_owner()],
-    }
-    return make_janitor(world, config=config)
-
-
 def task_id_of(raw: bytes) -> str:
     return envelopes.envelope_ids(raw)[0]
 
@@ -92,14 +78,6 @@ def all_list_elements(client: redis.Redis) -> dict[bytes, list[bytes]]:
         if client.type(key) == b"list":
             out[key] = [bytes(m) for m in client.lrange(key, 0, -1)]  # type: ignore[arg-type]
     return out
-
-
-def archived(janitor: Janitor) -> list[dict[str, Any]]:
-    """Every record of the janitor's archive files."""
-    records: list[dict[str, Any]] = []
-    for path in sorted((janitor.workdir / "archive").rglob("*.jsonl")):
-        records.extend(json.loads(line) for line in path.read_text().splitlines() if line.strip())
-    return records
 
 
 class JanitorWatch:
@@ -117,19 +95,6 @@ class JanitorWatch:
                 self.client = c.client
             return False
         return c.client == self.client and c.name not in self.UNACKED_SCAN
-
-
-def value_key(raw: bytes) -> bytes:
-    """How a removal call names the value it targets: the SHA-1 and length of its exact bytes
-    (the engine's value spec `sha1:length:locator` without the locator)."""
-    return f"{hashlib.sha1(raw).hexdigest()}:{len(raw)}".encode()
-
-
-def split_spec(spec: bytes) -> tuple[bytes, str]:
-    """A value spec as (value_key, locator): the locator is the task id when the message holds
-    it as plain text."""
-    digest, length, locator = spec.split(b":", 2)
-    return digest + b":" + length, locator.decode()
 
 
 @dataclass
@@ -329,7 +294,7 @@ class ScanProducer(threading.Thread):
 def test_cleanup_under_real_producer_and_worker(
     world: ScannerWorld, make_janitor: Callable[..., Janitor]
 ) -> None:
-    janitor = grace0_janitor(world, make_janitor)
+    janitor = janitor_with_grace(world, make_janitor, grace=0)
     rng = random.Random(7)
 
     # The state: 3000 scans (a third in the priority-6 sub-list) and 60 unrelated emails,
@@ -559,7 +524,7 @@ def _stop(thread: Pusher | Popper) -> None:
 def test_cleanup_of_20k_list_under_raw_push_and_pop(
     world: ScannerWorld, make_janitor: Callable[..., Janitor], tmp_path: Path
 ) -> None:
-    janitor = grace0_janitor(world, make_janitor)
+    janitor = janitor_with_grace(world, make_janitor, grace=0)
     rng = random.Random(20_000)
     client = world.redis
 

@@ -11,7 +11,6 @@ stream and the janitor's own keys included.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import cast
@@ -20,6 +19,7 @@ import pytest
 import redis
 
 from support import envelopes, snapshot
+from support.janitor import value_spec
 from support.world import ScannerWorld
 
 LUA = Path(__file__).resolve().parents[2] / "crates" / "janitor-engine" / "lua"
@@ -32,12 +32,6 @@ META = b'{"run_id":"test"}'
 
 def script(name: str) -> str:
     return CHECKS + (LUA / name).read_text()
-
-
-def spec(value: bytes) -> bytes:
-    """What the engine sends a script instead of a value's bytes (see `spec.rs`): the SHA-1 of
-    the exact bytes, their length, and an (empty) locator."""
-    return f"{hashlib.sha1(value).hexdigest()}:{len(value)}:".encode()
 
 
 @pytest.fixture
@@ -69,20 +63,35 @@ def state(world: ScannerWorld) -> Iterator[dict[str, bytes]]:
 def list_call(s: dict[str, bytes]) -> tuple[str, list[bytes], list[bytes]]:
     keys = [b"celery", ARCHIVE, LOCK]
     args = [TOKEN, b"celery-janitor:tombstone:x", b"20000", b"33554432", b"100000"]
-    args += [b"0", b"0", b"0", spec(s["message"]), META]
+    args += [b"0", b"0", b"0", value_spec(s["message"]), META]
     return script("remove_list_entries.lua"), keys, args
 
 
 def unacked_call(s: dict[str, bytes]) -> tuple[str, list[bytes], list[bytes]]:
     keys = [b"unacked", b"unacked_index", b"unacked_mutex", ARCHIVE, LOCK]
-    args = [TOKEN, b"mutex-token", b"100000", s["tag"], spec(s["entry"]), META]
+    args = [TOKEN, b"mutex-token", b"100000", s["tag"], value_spec(s["entry"]), META]
     return script("remove_unacked_entries.lua"), keys, args
 
 
 def results_call(s: dict[str, bytes]) -> tuple[str, list[bytes], list[bytes]]:
     keys = [ARCHIVE, LOCK, s["result_key"]]
-    args = [TOKEN, b"100000", spec(s["result"]), META]
+    args = [TOKEN, b"100000", value_spec(s["result"]), META]
     return script("remove_results.lua"), keys, args
+
+
+def engine_list_args(
+    call_no: int, budget: int, chunk: list[tuple[tuple[int, int, bytes], int]], removed: int
+) -> list[bytes]:
+    """ARGV of one `remove_list_entries.lua` call as the engine builds it: each target is
+    ((index from the head when read, list length then, exact bytes), resume point), tail first;
+    `removed` counts this run's removals from the list so far (they shortened each target's
+    distance from the tail)."""
+    args = [TOKEN, b"celery-janitor:tombstone:" + str(call_no).encode()]
+    args += [str(budget).encode(), b"33554432", b"100000"]
+    for (index, length, raw), p in chunk:
+        args += [str(length - 1 - index - removed).encode(), str(p).encode()]
+        args += [str(index).encode(), value_spec(raw), META]
+    return args
 
 
 CALLS = {"list": list_call, "unacked": unacked_call, "results": results_call}
@@ -215,7 +224,7 @@ def test_two_identical_messages_are_two_removals(
     r = world.redis
     r.rpush(b"celery", state["message"])
     text, keys, args = list_call(state)
-    args += [b"1", b"0", b"0", spec(state["message"]), META]
+    args += [b"1", b"0", b"0", value_spec(state["message"]), META]
     reply = call(r, text, keys, args)
     assert isinstance(reply, list)
     assert reply[0] and reply[2], reply
@@ -262,7 +271,14 @@ def test_a_message_moved_away_from_the_tail_by_rpush_is_still_found(
     for _ in range(50):
         keys = [b"celery", ARCHIVE, LOCK]
         args = [TOKEN, b"celery-janitor:tombstone:x", str(budget).encode(), b"33554432"]
-        args += [b"100000", str(dr).encode(), p, str(target_index).encode(), spec(target), META]
+        args += [
+            b"100000",
+            str(dr).encode(),
+            p,
+            str(target_index).encode(),
+            value_spec(target),
+            META,
+        ]
         answer = call(r, text, keys, args)
         assert isinstance(answer, list) and len(answer) == 2, answer
         reply = answer
@@ -321,11 +337,7 @@ def test_removal_over_many_small_calls_under_push_and_pop_leaves_no_orphan(
                 elif spare:
                     r.rpush(b"celery", spare.popleft())
             chunk = [pending.popleft() for _ in range(min(10, len(pending)))]
-            args = [TOKEN, b"celery-janitor:tombstone:" + str(calls).encode()]
-            args += [str(rng.choice([5, 30, 120])).encode(), b"33554432", b"100000"]
-            for (index, length, raw), p in chunk:
-                args += [str(length - 1 - index - removed_count).encode(), str(p).encode()]
-                args += [str(index).encode(), spec(raw), META]
+            args = engine_list_args(calls, rng.choice([5, 30, 120]), chunk, removed_count)
             before = Counter(cast("list[bytes]", r.lrange(b"celery", 0, -1)))
             reply = call(r, text, [b"celery", ARCHIVE, LOCK], args)
             assert isinstance(reply, list) and len(reply) == 2 * len(chunk), reply

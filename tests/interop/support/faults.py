@@ -40,7 +40,7 @@ from psycopg import sql
 
 from . import envelopes
 from .celery_state import RESULT_PREFIX, priority_key
-from .janitor import Janitor, scan_owner
+from .janitor import Janitor, janitor_config
 from .redis_monitor import Command, RedisMonitor
 from .servers import PostgresDatabase
 from .world import ScannerWorld
@@ -52,16 +52,14 @@ ARCHIVE_KEY = b"celery-janitor:archive"
 
 # Exit codes a run that lost Redis or the database may end with today.
 def janitor_with_grace(
-    world: ScannerWorld, make_janitor: Callable[..., Janitor], grace: float = 0
+    world: ScannerWorld,
+    make_janitor: Callable[..., Janitor],
+    grace: float = 0,
+    redis_url: str | None = None,
 ) -> Janitor:
-    config = {
-        "redis": {"url": world.redis_server.url},
-        "database": {"url": world.database.url},
-        "cleanup": {"grace_seconds": grace, "max_age_hours": 24},
-        "logging": {"app_log": "logs/app.log", "audit_log": "logs/audit.jsonl"},
-        "archive": {"dir": "archive"},
-        "owners": [scan_owner()],
-    }
+    """A janitor for the world with `grace_seconds = grace` (and `redis_url` instead of the
+    world's Redis, e.g. a proxy in front of it)."""
+    config = janitor_config(world, grace=grace, redis_url=redis_url)
     return cast(Janitor, make_janitor(world, config=config))
 
 

@@ -8,15 +8,37 @@ environment so nothing can point it at the machine's own services.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .world import ScannerWorld
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
+
+
+def value_key(raw: bytes) -> bytes:
+    """How the engine names a value it will remove: the SHA-1 and length of its exact bytes
+    (its value spec `sha1:length:locator` without the locator; see `spec.rs`)."""
+    return f"{hashlib.sha1(raw).hexdigest()}:{len(raw)}".encode()
+
+
+def value_spec(raw: bytes, locator: str = "") -> bytes:
+    """The value spec a removal script takes instead of the bytes: `sha1:length:locator` (the
+    locator is the task id when the bytes hold it as plain text; empty is always valid)."""
+    return value_key(raw) + b":" + locator.encode()
+
+
+def split_spec(spec: bytes) -> tuple[bytes, str]:
+    """A value spec as (value key, locator)."""
+    digest, length, locator = spec.split(b":", 2)
+    return digest + b":" + length, locator.decode()
 
 
 def janitor_binary() -> Path:
@@ -49,6 +71,25 @@ def render_toml(config: dict[str, Any]) -> str:
         lines.extend(f"{k} = {_toml_value(v)}" for k, v in owner.items())
         lines.append("")
     return "\n".join(lines)
+
+
+def janitor_config(
+    world: ScannerWorld,
+    *,
+    grace: float = 1,
+    redis_url: str | None = None,
+    **owner_overrides: Any,
+) -> dict[str, Any]:
+    """The janitor's config for the world: its Redis (or `redis_url`, e.g. a proxy in front of
+    it) and database, `grace_seconds = grace`, the scanner's owner rule."""
+    return {
+        "redis": {"url": redis_url or world.redis_server.url},
+        "database": {"url": world.database.url},
+        "cleanup": {"grace_seconds": grace, "max_age_hours": 24},
+        "logging": {"app_log": "logs/app.log", "audit_log": "logs/audit.jsonl"},
+        "archive": {"dir": "archive"},
+        "owners": [scan_owner(**owner_overrides)],
+    }
 
 
 def scan_owner(**overrides: Any) -> dict[str, Any]:
