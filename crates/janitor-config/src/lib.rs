@@ -604,7 +604,7 @@ fn build(
         pick(&file.redis.broker_url, "[redis] broker_url"),
         app.broker_url.clone(),
         same_url,
-        app::show_url,
+        |u: &String| app::show_url(u),
     )?
     .ok_or(ConfigError::Missing(
         "Redis URL: set REDIS_URL, --redis-url or [redis] url",
@@ -614,7 +614,7 @@ fn build(
         pick(&file.redis.result_backend_url, "[redis] result_backend_url"),
         app.redis_backend(),
         same_url,
-        app::show_url,
+        |u: &String| app::show_url(u),
     )?
     // An app without a Redis result backend: results live with the broker, if anywhere.
     .unwrap_or_else(|| broker.clone());
