@@ -3,8 +3,8 @@
 use anyhow::{Context, Result};
 use janitor_config::{Flags, Settings};
 use janitor_engine::{
-    Cancel, CleanupOptions, Janitor, ListOptions, PlanOptions, ReadOptions, RestoreOptions, RunCtx,
-    State,
+    Cancel, CleanupOptions, Janitor, ListOptions, PlanOptions, ReadOptions, RestoreOptions,
+    RevokeOptions, RunCtx, State,
 };
 
 use crate::cli::{Cli, Command};
@@ -30,7 +30,7 @@ pub(crate) fn run(cli: Cli) -> Result<Code> {
         Command::Status { grace, .. } | Command::Tasks { grace, .. } => {
             flags.grace_seconds = *grace
         }
-        Command::CleanupOrphaned { opts } => flags.grace_seconds = opts.grace,
+        Command::CleanupOrphaned { opts, .. } => flags.grace_seconds = opts.grace,
         Command::FullCleanup {
             opts,
             max_age_hours,
@@ -88,6 +88,7 @@ fn command_name(c: &Command) -> &'static str {
         Command::CleanupOrphaned { .. } => "cleanup-orphaned",
         Command::FullCleanup { .. } => "full-cleanup",
         Command::Restore { .. } => "restore",
+        Command::Revoke { .. } => "revoke",
         Command::Init { .. } => "init",
     }
 }
@@ -123,7 +124,12 @@ async fn dispatch(settings: Settings, command: Command, quiet: bool) -> Result<C
                 .await?;
             output::tasks(&page.rows, json)?;
         }
-        Command::CleanupOrphaned { opts } => {
+        Command::CleanupOrphaned { opts, startup } => {
+            if startup {
+                if let Some(reason) = janitor.startup_skip_reason().await? {
+                    return startup_skipped(&reason, opts.json);
+                }
+            }
             let bar = Bar::new(!opts.json && !quiet);
             let options = CleanupOptions {
                 plan: PlanOptions {
@@ -134,7 +140,13 @@ async fn dispatch(settings: Settings, command: Command, quiet: bool) -> Result<C
                 take_over_lock: opts.take_over_lock,
             };
             let cx = RunCtx::new(&bar, cancel_on_signals());
-            let report = janitor.cleanup(&options, &cx).await?.orphans;
+            let report = match janitor.cleanup(&options, &cx).await {
+                // Another node's start-up cleanup took the lock first.
+                Err(e @ janitor_engine::EngineError::Busy { .. }) if startup => {
+                    return startup_skipped(&e.to_string(), opts.json);
+                }
+                other => other?.orphans,
+            };
             tracing::info!(run_id = %report.run_id, removed = report.removed.total(), "cleanup-orphaned done");
             output::cleanup(&report, opts.json)?;
         }
@@ -176,9 +188,47 @@ async fn dispatch(settings: Settings, command: Command, quiet: bool) -> Result<C
             };
             return restore(&janitor, &options, json, quiet).await;
         }
+        Command::Revoke {
+            task_ids,
+            owners,
+            undo,
+            take_over_lock,
+            json,
+        } => {
+            let options = RevokeOptions {
+                task_ids,
+                owners,
+                undo,
+                actor: Some(cli_actor()),
+                take_over_lock,
+            };
+            let bar = Bar::new(!json && !quiet);
+            let report = janitor
+                .revoke(&options, &RunCtx::new(&bar, cancel_on_signals()))
+                .await?;
+            tracing::info!(undo, keys = report.keys, "revoke done");
+            output::revoke(&report, json)?;
+        }
         Command::Init { .. } => unreachable!("handled before connecting"),
     }
     Ok(Code::Success)
+}
+
+/// `cleanup-orphaned --startup` that does not run: exit 0, saying why.
+fn startup_skipped(reason: &str, json: bool) -> Result<Code> {
+    tracing::info!(reason, "start-up cleanup skipped");
+    if json {
+        println!("{}", serde_json::json!({ "startup_skipped": reason }));
+    } else {
+        println!("Start-up cleanup skipped: {reason}.");
+    }
+    Ok(Code::Success)
+}
+
+/// Who runs a CLI command, for the audit log: `$USER@host`.
+fn cli_actor() -> String {
+    let user = std::env::var("USER").unwrap_or_else(|_| "?".into());
+    format!("{user}@{}", janitor_engine::hostname())
 }
 
 /// `restore`: exits 1 when some archived entries could not be restored from here.

@@ -319,6 +319,50 @@ fn entries(n: u64) -> String {
 
 /// The human report of `restore`. Missing entries and warnings go to standard error (see
 /// `commands.rs`).
+pub(crate) fn revoke(r: &janitor_engine::DurableRevokeReport, json: bool) -> Result<()> {
+    if json {
+        return print_json(r);
+    }
+    let targets: Vec<String> = r
+        .task_ids
+        .iter()
+        .cloned()
+        .chain(r.owners.iter().map(|o| format!("{}:{}", o.table, o.id)))
+        .collect();
+    if r.undo {
+        println!(
+            "Lifted {} of {} revocation(s): {}",
+            r.keys,
+            targets.len(),
+            targets.join(", ")
+        );
+        return Ok(());
+    }
+    println!(
+        "Revoked {} for {} days: {}",
+        targets.len(),
+        r.ttl_days.unwrap_or_default(),
+        targets.join(", ")
+    );
+    if let Some(b) = &r.broadcast {
+        println!(
+            "Celery revoke broadcast for {} task id(s), heard by {} worker(s)",
+            b.task_ids, b.heard_by
+        );
+    }
+    match (&r.removal, &r.removal_skipped) {
+        (Some(c), _) => {
+            println!(
+                "Removed {} queued, {} unacked (archived {}); run {}",
+                c.removed.queue, c.removed.unacked, c.archived, c.run_id
+            );
+        }
+        (None, Some(why)) => println!("Removal of queued copies skipped: {why}"),
+        (None, None) => {}
+    }
+    Ok(())
+}
+
 pub(crate) fn restore(r: &RestoreReport, json: bool) -> Result<()> {
     if json {
         return print_json(r);
