@@ -367,6 +367,17 @@ impl Janitor {
         })
     }
 
+    /// The broker's clock (`TIME`), in seconds since the epoch: the one clock every worker
+    /// shares, for the time of a task's first miss (the grace period).
+    pub async fn broker_time(&self) -> Result<f64> {
+        let mut con = self.broker.con.clone();
+        let (secs, micros): (u64, u64) = with_timeout(self.guard_timeout, async {
+            Ok(redis::cmd("TIME").query_async(&mut con).await?)
+        })
+        .await?;
+        Ok(secs as f64 + micros as f64 / 1e6)
+    }
+
     /// The guard's counters (per node and in total) and its last events, newest first.
     pub async fn guard_stats(&self) -> Result<GuardStats> {
         let mut con = self.broker.con.clone();

@@ -106,7 +106,8 @@ pub struct DurableRevokeReport {
     /// Queued and `unacked` copies removed (archived and audited) under the run lock; `None`
     /// when skipped (see `removal_skipped`) or with `undo`.
     pub removal: Option<CleanupReport>,
-    /// Why the removal was skipped (another run holds the lock); the guard covers the rest.
+    /// Why the removal was skipped (another run holds the lock) or failed (the database did
+    /// not answer, …); the guard covers the rest.
     pub removal_skipped: Option<String>,
 }
 
@@ -148,7 +149,8 @@ impl Janitor {
     /// guarded worker skips them — also one started later; broadcasts Celery's own revoke for
     /// the task ids to live workers; then removes their queued and `unacked` copies (archived,
     /// audited) in a run of its own under the run lock — skipped, not failed, when another run
-    /// holds it. With `undo`, deletes the revocation keys and does nothing else.
+    /// holds it, or reported when it fails once the revocations are written (it is
+    /// best-effort). With `undo`, deletes the revocation keys and does nothing else.
     pub async fn revoke(&self, o: &RevokeOptions, cx: &RunCtx<'_>) -> Result<DurableRevokeReport> {
         self.check_revoke_targets(o)?;
         let mut keys: Vec<Vec<u8>> = o
@@ -232,7 +234,15 @@ impl Janitor {
                     Ok(p) => run.apply(p, cx).await,
                     Err(e) => Err(run.fail(e, cx).await),
                 };
-                report.removal = Some(outcome?.orphans);
+                match outcome {
+                    Ok(r) => report.removal = Some(r.orphans),
+                    // The revocations are written and broadcast; the removal is best-effort.
+                    Err(EngineError::Interrupted) => return Err(EngineError::Interrupted),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "revoke: removal of queued copies failed");
+                        report.removal_skipped = Some(format!("the removal failed: {e}"));
+                    }
+                }
                 Some(run_id)
             }
             Err(EngineError::Busy { holder, .. }) => {

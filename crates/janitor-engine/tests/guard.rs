@@ -207,7 +207,8 @@ async fn a_check_says_run_missing_or_revoked() {
 
 #[tokio::test]
 async fn a_database_that_is_down_is_a_typed_error_and_a_revocation_still_wins() {
-    let w = world(None).await;
+    // Captured messages, so a revoke's removal has owners to ask.
+    let w = world(Some("A")).await;
     // A worker starts while its database is unreachable: the janitor is built anyway.
     let section = format!("url = \"{}\"", w.redis.url());
     let missing = w.dir.path().join("no/such/dir/owners.sqlite");
@@ -226,6 +227,34 @@ async fn a_database_that_is_down_is_a_typed_error_and_a_revocation_still_wins() 
     let target = lazy.guard_target("t1", "app.add", "[2]", "{}").unwrap();
     let err = lazy.guard_check("t1", Some(&target)).await.unwrap_err();
     assert!(matches!(err, GuardError::Database(_)), "{err}");
+    // The broker's clock is there all the same.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!((lazy.broker_time().await.unwrap() - now).abs() < 5.0);
+    // A revoke still writes its revocations; the removal (which needs the database) is
+    // reported, not failed.
+    let report = lazy
+        .revoke(
+            &RevokeOptions {
+                task_ids: vec!["t2".into()],
+                ..Default::default()
+            },
+            &RunCtx::quiet(),
+        )
+        .await
+        .unwrap();
+    assert!(report.removal.is_none());
+    assert!(
+        report
+            .removal_skipped
+            .as_deref()
+            .unwrap()
+            .contains("failed"),
+        "{report:?}"
+    );
+    assert!(lazy.revocation("t2").await.unwrap().is_some());
     w.janitor
         .revoke(
             &RevokeOptions {
