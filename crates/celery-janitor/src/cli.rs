@@ -125,6 +125,19 @@ pub(crate) enum Command {
     },
 }
 
+impl Command {
+    /// Whether the command was given `--json` (`init` has no such flag).
+    pub(crate) fn json(&self) -> bool {
+        match self {
+            Command::Status { json, .. }
+            | Command::Tasks { json, .. }
+            | Command::Restore { json, .. } => *json,
+            Command::CleanupOrphaned { opts } | Command::FullCleanup { opts, .. } => opts.json,
+            Command::Init { .. } => false,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub(crate) struct CleanupArgs {
     /// Show what would be removed, change nothing
