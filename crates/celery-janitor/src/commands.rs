@@ -75,8 +75,8 @@ pub(crate) fn run(cli: Cli, inv: Invocation<'_>) -> Result<Code> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let quiet = global.quiet;
-    runtime.block_on(async move { dispatch(settings, command, quiet, inv).await })
+    let (quiet, actor) = (global.quiet, global.actor);
+    runtime.block_on(async move { dispatch(settings, command, quiet, actor, inv).await })
 }
 
 /// The URLs of every settings resolved in this process (one for the binary; one per call for an
@@ -118,6 +118,7 @@ async fn dispatch(
     settings: Settings,
     command: Command,
     quiet: bool,
+    actor: Option<String>,
     inv: Invocation<'_>,
 ) -> Result<Code> {
     let Invocation { host, cancel, out } = inv;
@@ -130,7 +131,18 @@ async fn dispatch(
         (None, Host::Process) => cancel_on_signals(),
         (None, Host::Embedded) => Cancel::new(),
     };
+    // A cursor that is no cursor at all is refused before connecting to anything.
+    if let Command::Tasks {
+        cursor: Some(cursor),
+        ..
+    } = &command
+    {
+        cursor.parse::<janitor_engine::Cursor>()?;
+    }
     let janitor = Janitor::connect(settings).await?;
+    if let Some(actor) = actor {
+        janitor.set_actor(actor);
+    }
     match command {
         Command::Status { json, .. } => {
             let bar = Bar::new(!json && !quiet);
@@ -140,24 +152,35 @@ async fn dispatch(
         }
         Command::Tasks {
             orphaned,
+            mut states,
+            locations,
+            queue,
             json,
             limit,
+            page,
+            cursor,
             ..
         } => {
             let bar = Bar::new(!json && !quiet);
+            if orphaned && !states.contains(&State::Orphaned) {
+                states.push(State::Orphaned);
+            }
             let options = ListOptions {
-                states: if orphaned {
-                    vec![State::Orphaned]
-                } else {
-                    Vec::new()
-                },
+                states,
+                locations,
+                queue,
                 limit,
+                cursor: cursor.as_deref().map(str::parse).transpose()?,
                 ..Default::default()
             };
-            let page = janitor
+            let listed = janitor
                 .list(&options, &RunCtx::new(&bar, reading()))
                 .await?;
-            output::tasks(out, &page.rows, json)?;
+            if page {
+                output::tasks_page(out, &listed, json)?;
+            } else {
+                output::tasks(out, &listed.rows, json)?;
+            }
         }
         Command::CleanupOrphaned { opts } => {
             let bar = Bar::new(!opts.json && !quiet);

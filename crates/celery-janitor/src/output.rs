@@ -5,7 +5,7 @@ use std::io::Write;
 use anyhow::Result;
 use janitor_config::Settings;
 use janitor_engine::{
-    CleanupReport, FullCleanupReport, RestoreReport, RestoreSource, StatusReport, TaskRow,
+    CleanupReport, FullCleanupReport, Page, RestoreReport, RestoreSource, StatusReport, TaskRow,
 };
 use serde::Serialize;
 
@@ -247,6 +247,31 @@ pub(crate) fn tasks(out: &mut dyn Write, rows: &[TaskRow], json: bool) -> Result
         rows.len(),
         if rows.len() == 1 { "y" } else { "ies" }
     )?;
+    Ok(())
+}
+
+/// `tasks --page`: with `--json`, `{"items": [...], "next_cursor": ...}`; else the table and,
+/// when more rows follow, the cursor of the next page.
+pub(crate) fn tasks_page(out: &mut dyn Write, page: &Page<TaskRow>, json: bool) -> Result<()> {
+    if json {
+        #[derive(Serialize)]
+        struct Json<'a> {
+            items: &'a [TaskRow],
+            next_cursor: Option<String>,
+        }
+        let next_cursor = page.next_cursor.as_ref().map(ToString::to_string);
+        return print_json(
+            out,
+            &Json {
+                items: &page.rows,
+                next_cursor,
+            },
+        );
+    }
+    tasks(out, &page.rows, false)?;
+    if let Some(cursor) = &page.next_cursor {
+        writeln!(out, "Next page: --cursor {cursor}")?;
+    }
     Ok(())
 }
 
