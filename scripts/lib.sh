@@ -143,7 +143,8 @@ install_test_venv() {
     "$python" -m venv "${venv:?}" ||
         die "could not create a venv (on Debian/Ubuntu: apt-get install python3-venv)"
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "${PY_REQUIREMENTS:?}"
-    # No build isolation: maturin comes pinned from the requirements, not fetched per run.
-    MATURIN_PEP517_ARGS="--profile dev" "$venv/bin/python" -m pip install --quiet \
+    # No build isolation: maturin comes pinned from the requirements, not fetched per run (its
+    # build hook runs the `maturin` of PATH, so the venv's bin goes first).
+    PATH="$venv/bin:$PATH" MATURIN_PEP517_ARGS="--profile dev" "$venv/bin/python" -m pip install --quiet \
         --disable-pip-version-check --no-build-isolation "${REPO_ROOT:?}"
 }
