@@ -184,9 +184,7 @@ def test_failures_answer_an_error_object_with_their_status(
     assert world.queued_count() == 4
 
     closed = tmp_path / "closed.toml"
-    closed.write_text(
-        render_toml(janitor_config(world, redis_url="redis://:s3cret@127.0.0.1:1/0"))
-    )
+    closed.write_text(render_toml(janitor_config(world, redis_url="redis://:s3cret@127.0.0.1:1/0")))
     with client_for(closed) as down:
         answer = down.get("/api/v1/cache/status", headers=READ)
     assert answer.status_code == 503, answer.text
