@@ -4,6 +4,9 @@
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${CJ_VENV:-$REPO_ROOT/.venv}"
 PY_REQUIREMENTS="$REPO_ROOT/tests/requirements-dev.txt"
+# The venv scripts/test recreates on every run and installs the package into (`pip install .`):
+# the tests import that installed copy, never the source tree. Always under target/.
+TEST_VENV="$REPO_ROOT/target/test-venv"
 
 say() { printf '==> %s\n' "$*"; }
 warn() { printf 'warning: %s\n' "$*" >&2; }
@@ -123,4 +126,25 @@ ensure_venv() {
         "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$PY_REQUIREMENTS"
         echo "$want" >"$stamp"
     fi
+}
+
+# Recreate $TEST_VENV from nothing, install the pinned test packages into it (maturin among them),
+# then `pip install .` the repository's Python package: maturin builds the extension module with
+# the dev profile into the workspace's target directory (CARGO_TARGET_DIR when set), so it reuses
+# what `cargo build` already compiled.
+install_test_venv() {
+    local python="${PYTHON:-python3}" venv="${TEST_VENV:?}"
+    case "$venv" in
+    "${REPO_ROOT:?}"/target/*) ;;
+    *) die "refusing to recreate $venv: the test venv lives under $REPO_ROOT/target" ;;
+    esac
+    command -v "$python" >/dev/null 2>&1 || die "$python not found: run scripts/setup first"
+    rm -rf -- "${venv:?}"
+    "$python" -m venv "${venv:?}" ||
+        die "could not create a venv (on Debian/Ubuntu: apt-get install python3-venv)"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "${PY_REQUIREMENTS:?}"
+    # No build isolation: maturin comes pinned from the requirements, not fetched per run (its
+    # build hook runs the `maturin` of PATH, so the venv's bin goes first).
+    PATH="$venv/bin:$PATH" MATURIN_PEP517_ARGS="--profile dev" "$venv/bin/python" -m pip install --quiet \
+        --disable-pip-version-check --no-build-isolation "${REPO_ROOT:?}"
 }

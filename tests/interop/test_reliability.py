@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from typing import cast
 
@@ -53,12 +54,28 @@ def _run_with_a_late_commit(
             proc = janitor.start(*args)
             assert scan_starts.wait(timeout=30), "the janitor never started its scan"
             world.redis.execute_command("CLIENT", "PAUSE", PAUSE_MS, "ALL")
-            assert scans_read.wait(timeout=30), "the janitor never read the scans list"
+            if not scans_read.wait(timeout=30):
+                pytest.fail(_why_the_janitor_stalled(proc, monitor))
             time.sleep(GRACE / 2)
             writer.commit()
         return late_id, gone_id, janitor.finish(proc)
     finally:
         monitor.stop()
+
+
+def _why_the_janitor_stalled(proc: subprocess.Popen[bytes], monitor: RedisMonitor) -> str:
+    """What a stalled test knows: the janitor's exit and output, and Redis's last commands."""
+    lines = ["the janitor never read the scans list"]
+    if proc.poll() is None:
+        lines.append("the janitor is still running")
+    else:
+        out, err = proc.communicate()
+        lines.append(f"the janitor exited with {proc.returncode}")
+        lines.append(f"stdout: {out.decode(errors='replace')[-2000:]}")
+        lines.append(f"stderr: {err.decode(errors='replace')[-2000:]}")
+    lines.append("last commands seen by MONITOR:")
+    lines += [f"  [{c.client}] {b' '.join(c.args)[:200]!r}" for c in monitor.recent()]
+    return "\n".join(lines)
 
 
 def test_cleanup_keeps_a_task_read_late_in_the_scan_whose_row_commits_within_the_grace(

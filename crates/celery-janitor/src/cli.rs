@@ -4,6 +4,27 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use janitor_engine::{Location, State};
+
+/// `--state`: live, orphaned, unowned or undecidable.
+fn parse_state(text: &str) -> Result<State, String> {
+    State::ALL
+        .into_iter()
+        .find(|s| s.as_str() == text)
+        .ok_or_else(|| one_of(State::ALL.map(State::as_str)))
+}
+
+/// `--location`: queue, unacked or result.
+fn parse_location(text: &str) -> Result<Location, String> {
+    Location::ALL
+        .into_iter()
+        .find(|l| l.as_str() == text)
+        .ok_or_else(|| one_of(Location::ALL.map(Location::as_str)))
+}
+
+fn one_of<const N: usize>(names: [&str; N]) -> String {
+    format!("expected one of: {}", names.join(", "))
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -43,6 +64,9 @@ pub(crate) struct Global {
     /// Directory for archive files of removed entries [default: archive]
     #[arg(long, global = true, value_name = "DIR")]
     pub archive_dir: Option<PathBuf>,
+    /// Who the changes are done for, recorded as `actor` in the audit log [default: the OS user]
+    #[arg(long, global = true, value_name = "NAME")]
+    pub actor: Option<String>,
     /// Print less: no progress bar
     #[arg(short, long, global = true)]
     pub quiet: bool,
@@ -76,6 +100,21 @@ pub(crate) enum Command {
         /// Seconds an orphan's row must stay missing to count, 0-86400 [env: CELERY_JANITOR_GRACE_SECONDS; default: 10]
         #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
         grace: Option<f64>,
+        /// Only entries in this state (repeatable)
+        #[arg(long = "state", value_name = "STATE", value_parser = parse_state)]
+        states: Vec<State>,
+        /// Only entries in this location (repeatable)
+        #[arg(long = "location", value_name = "LOC", value_parser = parse_location)]
+        locations: Vec<Location>,
+        /// Only entries of this queue: queued in it, or unacked from it
+        #[arg(long, value_name = "NAME")]
+        queue: Option<String>,
+        /// Print one page: with --json, {"items": [...], "next_cursor": ...}
+        #[arg(long)]
+        page: bool,
+        /// Start where a page of the same listing ended (its next_cursor)
+        #[arg(long, value_name = "CURSOR", requires = "page")]
+        cursor: Option<String>,
     },
     /// Remove confirmed orphans from queues, unacked and results
     CleanupOrphaned {
@@ -144,6 +183,20 @@ pub(crate) enum Command {
         #[arg(long)]
         force: bool,
     },
+}
+
+impl Command {
+    /// Whether the command was given `--json` (`init` has no such flag).
+    pub(crate) fn json(&self) -> bool {
+        match self {
+            Command::Status { json, .. }
+            | Command::Tasks { json, .. }
+            | Command::Restore { json, .. }
+            | Command::Revoke { json, .. } => *json,
+            Command::CleanupOrphaned { opts, .. } | Command::FullCleanup { opts, .. } => opts.json,
+            Command::Init { .. } => false,
+        }
+    }
 }
 
 /// `TABLE:ID`, split at the first `:` (a table name has none; an id may).

@@ -51,9 +51,9 @@ pub(crate) enum AuditEvent<'a> {
         task_id: Option<&'a str>,
     },
     /// Durable revocations written (or, with `undo`, lifted) by `revoke`.
+    /// (Its `actor` is the line's own, as on every line.)
     Revoke {
         undo: bool,
-        actor: Option<&'a str>,
         task_ids: &'a [String],
         owners: &'a [crate::revoke::OwnerRef],
         /// The run that removed their queued copies, if it ran.

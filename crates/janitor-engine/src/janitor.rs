@@ -221,6 +221,12 @@ impl Janitor {
         &self.settings
     }
 
+    /// Names who this janitor's changes are done for: the `actor` of its audit events (the CLI's
+    /// `--actor`, a web app's signed-in user). Default: the OS user the process runs as.
+    pub fn set_actor(&self, actor: impl Into<String>) {
+        self.audit.log().set_actor(actor.into());
+    }
+
     /// A key of celery-janitor's own, in the broker's prefix.
     pub(crate) fn own_key(&self, key: OwnKey<'_>) -> Vec<u8> {
         let name = match key {

@@ -67,7 +67,8 @@ pub struct RevokeOptions {
     pub owners: Vec<(String, String)>,
     /// Lift these revocations instead (delete the keys; nothing is broadcast or removed).
     pub undo: bool,
-    /// Who asked, for the audit log and the revocation's value.
+    /// Who asked, kept in the revocation (default: this janitor's actor, see
+    /// [`Janitor::set_actor`]; the audit line names that actor as every line does).
     pub actor: Option<String>,
     /// Take over a stale run lock (see `CleanupOptions::take_over_lock`).
     pub take_over_lock: bool,
@@ -187,7 +188,6 @@ impl Janitor {
             self.audit
                 .record(&AuditEvent::Revoke {
                     undo: true,
-                    actor: o.actor.as_deref(),
                     task_ids: &o.task_ids,
                     owners: &report.owners,
                     run_id: None,
@@ -200,7 +200,7 @@ impl Janitor {
         let ttl_ms = (ttl_days * 86_400_000.0).round().max(1.0) as u64;
         let value = serde_json::to_string(&Revocation {
             revoked_at: chrono::Utc::now().to_rfc3339(),
-            actor: o.actor.clone(),
+            actor: Some(o.actor.clone().unwrap_or_else(|| self.audit.log().actor())),
             expires_in_s: None,
         })
         .expect("serializable");
@@ -262,7 +262,6 @@ impl Janitor {
         self.audit
             .record(&AuditEvent::Revoke {
                 undo: false,
-                actor: o.actor.as_deref(),
                 task_ids: &o.task_ids,
                 owners: &report.owners,
                 run_id: run_id.as_deref(),

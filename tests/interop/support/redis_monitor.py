@@ -174,6 +174,12 @@ class RedisMonitor:
         except BaseException as exc:  # surfaced by stop()
             self.error = exc
 
+    def recent(self, n: int = 30) -> list[Command]:
+        """The last `n` commands seen so far (for a failing test's message)."""
+        with self._lock:
+            lines = list(self._lines[-n:])
+        return [c for c in (parse_line(line) for line in lines) if c is not None]
+
     def mark(self, text: str) -> None:
         """Leave a marker in the stream (an ECHO from another connection)."""
         with socket.create_connection(("127.0.0.1", self.port), timeout=10) as s:
