@@ -73,6 +73,8 @@ class Installed:
         self.app_defaults = app_defaults(app)
         self.guard = _native.Guard(self.config_path, self.app_defaults)
         self.hostname: str | None = None
+        #: ``install`` connected its hooks (the explicit forms alone don't).
+        self.hooked = False
 
     # -- wrapping ----------------------------------------------------------------------------
 
@@ -303,18 +305,27 @@ _installed: dict[int, Installed] = {}
 _lock = threading.Lock()
 
 
+def _installation(app: Celery, config_path: str | os.PathLike[str] | None) -> Installed:
+    """The app's guard, built once per app (settings resolved then)."""
+    with _lock:
+        inst = _installed.get(id(app))
+        if inst is None:
+            inst = Installed(app, config_path)
+            _installed[id(app)] = inst
+        return inst
+
+
 def install(app: Celery, config_path: str | os.PathLike[str] | None = None) -> Installed:
     """Guard every task of ``app`` that an ``[[owners]]`` rule owns, run the start-up cleanup
     once per worker node, and make ``revoke`` durable for this app. Reads the same config as the
     CLI (``config_path``, else ``CELERY_JANITOR_CONFIG``, …); the Redis URLs, key prefixes and
     priority steps come from ``app.conf`` unless the config sets them — a mismatch raises
     ``JanitorError`` here. Calling it again for the same app returns the first installation."""
+    inst = _installation(app, config_path)
     with _lock:
-        existing = _installed.get(id(app))
-        if existing is not None:
-            return existing
-        inst = Installed(app, config_path)
-        _installed[id(app)] = inst
+        if inst.hooked:
+            return inst
+        inst.hooked = True
 
     def wrap_after_finalize(sender: Celery, **_: Any) -> None:
         if sender is app:
@@ -339,8 +350,9 @@ def install(app: Celery, config_path: str | os.PathLike[str] | None = None) -> I
 
 
 def installed_for(app: Celery) -> Installed:
-    """The app's installation; ``install(app)`` with the default config if there is none."""
-    return _installed.get(id(app)) or install(app)
+    """The app's guard for the explicit forms: the one ``install`` built, else one with the
+    default config that guards only the tasks that ask for it (no hooks, no start-up cleanup)."""
+    return _installed.get(id(app)) or _installation(app, None)
 
 
 def _any_installed() -> Installed | None:
@@ -349,8 +361,9 @@ def _any_installed() -> Installed | None:
 
 
 class GuardedTask(Task):  # type: ignore[misc]
-    """A task base class that guards the task even when ``install`` did not wrap it
-    (``@app.task(base=GuardedTask)``)."""
+    """A task base class that guards the task, with or without ``install``
+    (``@app.task(base=GuardedTask)``). Its owner row is found by the ``[[owners]]`` rules, as
+    for every guarded task; a task no rule owns is only checked for revocations."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         inst = installed_for(self.app)
@@ -360,6 +373,7 @@ class GuardedTask(Task):  # type: ignore[misc]
 
 
 def guarded(task: F) -> F:
-    """Guard one task explicitly: ``@guarded`` over ``@app.task``."""
+    """Guard one task explicitly, with or without ``install``: ``@guarded`` over
+    ``@app.task`` (see :class:`GuardedTask`)."""
     installed_for(task.app).wrap(task)  # type: ignore[attr-defined]
     return task

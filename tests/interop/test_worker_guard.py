@@ -20,6 +20,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from scanner.app import EXPLICIT_BASE_TASK, EXPLICIT_DECORATED_TASK
 from support.janitor import Janitor
 from support.waiting import wait_until
 from support.worker import INTEROP_DIR, CeleryWorker
@@ -371,3 +372,76 @@ def test_eager_and_direct_calls_are_not_guarded(
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     # The body ran (and hit the foreign key): eager calls are not guarded.
     assert out == {"state": "FAILURE", "error": "ForeignKeyViolation"}, out
+
+
+def test_explicit_forms_guard_their_tasks_without_install(
+    make_world: Callable[..., ScannerWorld], make_janitor: Callable[..., Janitor]
+) -> None:
+    """`GuardedTask` and `@guarded` with no `install(app)`: only those tasks are guarded (an
+    owned task that asked for nothing runs as before — and fails on the foreign key)."""
+    world = make_world()
+    live, gone = world.add_rows(2)
+    janitor = make_janitor(world, tasks=["scanner.scan_*"])
+    janitor.config["cleanup"].update(grace_seconds=0)
+    janitor.write_config()
+
+    def send(name: str, row: int) -> str:
+        args = (row, 7, world.domain(row), {})
+        return str(world.app.send_task(name, args=args).id)
+
+    base_gone = send(EXPLICIT_BASE_TASK, gone)
+    decorated_gone = send(EXPLICIT_DECORATED_TASK, gone)
+    base_live = send(EXPLICIT_BASE_TASK, live)
+    decorated_live = send(EXPLICIT_DECORATED_TASK, live)
+    unguarded = world.scan(gone)
+    world.delete_rows([gone])
+    w = world.worker(
+        "explicit",
+        extra_env={"CELERY_JANITOR_CONFIG": str(janitor.config_path), "SCANNER_EXPLICIT": "1"},
+    )
+    wait_until(
+        lambda: (
+            all(
+                result_status(world, t) in ("SUCCESS", "FAILURE")
+                for t in (base_live, decorated_live, unguarded)
+            )
+            and len(skipped(w.log())) == 2
+        ),
+        timeout=60,
+        what="every task to be run or skipped",
+        describe=lambda: world.describe_redis() + "\n" + w.log()[-3000:],
+    )
+    w.stop()
+    log = w.log()
+    assert sorted(skipped(log)) == sorted([base_gone, decorated_gone]), log[-3000:]
+    assert fk_violations(log) == [unguarded], log[-3000:]
+    assert findings(world, live) == 2
+
+
+def test_an_eta_task_held_by_a_running_worker_is_skipped_when_its_row_goes(
+    make_world: Callable[..., ScannerWorld], make_janitor: Callable[..., Janitor]
+) -> None:
+    world = make_world()
+    held, kept = world.add_rows(2)
+    janitor = guard_janitor(world, make_janitor)
+    w = guarded_worker(world, janitor, pool="prefork", acks_late=True)
+    w.wait_ready()
+    held_id = world.scan(held, countdown=4)
+    kept_id = world.scan(kept, countdown=4)
+    wait_until(
+        lambda: world.unacked_count() == 2,
+        timeout=20,
+        what="the worker to hold both ETA tasks",
+        describe=world.describe_redis,
+    )
+    world.delete_rows([held])
+    wait_until(
+        lambda: result_status(world, kept_id) == "SUCCESS" and held_id in skipped(w.log()),
+        timeout=30,
+        what="the ETA tasks to come due",
+        describe=lambda: world.describe_redis() + "\n" + w.log()[-3000:],
+    )
+    wait_until(lambda: world.unacked_count() == 0, timeout=10, what="both acknowledged")
+    w.stop()
+    assert not fk_violations(w.log())
+    assert world.result_meta(held_id) is None

@@ -16,6 +16,7 @@ Settings come from the environment when a worker imports this module
 | `SCANNER_ACKS_LATE` | `1` sets `task_acks_late` | `0` |
 | `SCANNER_JANITOR_CONFIG` | `celery_janitor.install(app)` with this config file | not installed |
 | `SCANNER_JANITOR_FIRST` | `1` installs before the tasks are defined, else after | `0` |
+| `SCANNER_EXPLICIT` | `1` adds two tasks guarded explicitly (`scan_explicit_*`) | `0` |
 
 Tests that publish build their own app with `make_app(...)` so that each test talks to its own
 Redis; the task names are fixed (`scanner.scan_domain_task`, `scanner.send_email`) so producer and
@@ -33,6 +34,8 @@ from celery import Celery
 
 SCAN_TASK = "scanner.scan_domain_task"
 EMAIL_TASK = "scanner.send_email"
+EXPLICIT_BASE_TASK = "scanner.scan_explicit_base"
+EXPLICIT_DECORATED_TASK = "scanner.scan_explicit_decorated"
 QUEUES = ("celery", "scans")
 
 
@@ -55,6 +58,7 @@ def make_app(
     acks_late: bool = False,
     janitor_config: str | None = None,
     janitor_first: bool = False,
+    explicit: bool = False,
 ) -> Celery:
     """Build the scanner app with explicit settings (no environment lookups). With
     `janitor_config`, `celery_janitor.install(app)` guards it — called before the tasks are
@@ -110,6 +114,22 @@ def make_app(
             conn.execute("UPDATE scan_tasks SET status = 'done' WHERE id = %s", (task_id,))
         return {"scan_task_id": task_id, "target_domain": target_domain, "findings": 1}
 
+    if explicit:
+        from celery_janitor import GuardedTask, guarded
+
+        def explicit_scan(task_id: int, user_id: int, target_domain: str, config: Any) -> int:
+            url = app.conf["scanner_database_url"]
+            with psycopg.connect(url) as conn:
+                conn.execute(
+                    "INSERT INTO scan_results (scan_task_id, target_domain, finding)"
+                    " VALUES (%s, %s, %s)",
+                    (task_id, target_domain, "explicit"),
+                )
+            return task_id
+
+        app.task(name=EXPLICIT_BASE_TASK, base=GuardedTask, shared=False)(explicit_scan)
+        guarded(app.task(name=EXPLICIT_DECORATED_TASK, shared=False)(explicit_scan))
+
     @app.task(name=EMAIL_TASK, shared=False)
     def send_email(to: str, subject: str) -> str:
         """An unrelated task: owns no row and touches no database."""
@@ -139,6 +159,7 @@ def app_from_env() -> Celery:
         acks_late=_flag("SCANNER_ACKS_LATE", False),
         janitor_config=os.environ.get("SCANNER_JANITOR_CONFIG") or None,
         janitor_first=_flag("SCANNER_JANITOR_FIRST", False),
+        explicit=_flag("SCANNER_EXPLICIT", False),
     )
 
 
