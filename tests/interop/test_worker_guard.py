@@ -386,7 +386,7 @@ def test_explicit_forms_guard_their_tasks_without_install(
     janitor.write_config()
 
     def send(name: str, row: int) -> str:
-        args = (row, 7, world.domain(row), {})
+        args: tuple[Any, ...] = (row, 7, world.domain(row), {})
         return str(world.app.send_task(name, args=args).id)
 
     base_gone = send(EXPLICIT_BASE_TASK, gone)
