@@ -21,7 +21,9 @@ import psycopg
 import pytest
 
 from scanner.app import EXPLICIT_BASE_TASK, EXPLICIT_DECORATED_TASK
+from scanner.schema import create_schema
 from support.janitor import Janitor
+from support.servers import PostgresDatabase
 from support.waiting import wait_until
 from support.worker import INTEROP_DIR, CeleryWorker
 from support.world import ScannerWorld, fk_violations
@@ -259,23 +261,48 @@ def test_on_error_retry_requeues_with_backoff_and_loses_nothing(
 ) -> None:
     world = make_world()
     (row,) = world.add_rows(1)
-    # The guard's owner database can't be reached (the task's own database can).
+    # The guard's owner database is down (it does not exist yet); the task's own is up.
+    owners = PostgresDatabase()
     janitor = guard_janitor(world, make_janitor)
     task_id = world.scan(row)
-    w = guarded_worker(world, janitor, env=unreachable_database(world))
-    wait_until(
-        lambda: "(attempt 3)" in w.log(),
-        timeout=40,
-        what="three re-queues (1 s, 2 s, 4 s)",
-        describe=w.log,
-    )
-    w.stop()
-    log = w.log()
-    assert "in 1 s (attempt 1)" in log and "in 2 s (attempt 2)" in log, log[-3000:]
-    # Never run, never dropped: the task is still in Redis, its row untouched.
-    assert findings(world, row) == 0 and result_status(world, task_id) is None
-    assert world.queued_count() + world.unacked_count() == 1, world.describe_redis()
-    assert stats(janitor)["totals"].get("errors", 0) >= 3
+    env = {"DATABASE_URL": owners.url, "SCANNER_DATABASE_URL": world.database.url}
+    w = guarded_worker(world, janitor, env=env)
+    try:
+        wait_until(
+            lambda: "(attempt 3)" in w.log(),
+            timeout=40,
+            what="three re-queues (1 s, 2 s, 4 s)",
+            describe=w.log,
+        )
+        log = w.log()
+        assert "in 1 s (attempt 1)" in log and "in 2 s (attempt 2)" in log, log[-3000:]
+        # Never run, never dropped: the task is still in Redis, its row untouched.
+        assert findings(world, row) == 0 and result_status(world, task_id) is None
+        assert world.queued_count() + world.unacked_count() == 1, world.describe_redis()
+        assert stats(janitor)["totals"].get("errors", 0) >= 3
+
+        # The database comes back (with the row): the next retry runs the task, once.
+        owners.create()
+        create_schema(owners.url)
+        with psycopg.connect(owners.url, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO scan_tasks (id, user_id, target_domain) VALUES (%s, 7, 'x')", (row,)
+            )
+        wait_until(
+            lambda: result_status(world, task_id) == "SUCCESS",
+            timeout=60,
+            what="the task to run once the database is back",
+            describe=w.log,
+        )
+        w.stop()
+        assert findings(world, row) == 1
+        assert world.queued_count() + world.unacked_count() == 0
+    finally:
+        w.stop()
+        try:
+            owners.drop()
+        except psycopg.Error:
+            pass
 
 
 def test_on_error_run_runs_the_task_unchecked(
