@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from scanner.app import EXPLICIT_BASE_TASK, EXPLICIT_DECORATED_TASK
+from scanner.app import EXPLICIT_BASE_TASK, EXPLICIT_DECORATED_TASK, make_app
 from scanner.schema import create_schema
 from support.janitor import Janitor
 from support.servers import PostgresDatabase
@@ -472,3 +472,66 @@ def test_an_eta_task_held_by_a_running_worker_is_skipped_when_its_row_goes(
     w.stop()
     assert not fk_violations(w.log())
     assert world.result_meta(held_id) is None
+
+
+def test_install_opens_no_connection_and_starts_no_thread(
+    make_world: Callable[..., ScannerWorld], make_janitor: Callable[..., Janitor]
+) -> None:
+    """`install(app)` resolves the settings and wraps the tasks; it connects to nothing and
+    starts no thread (a prefork parent forks later). In a process of its own."""
+    world = make_world()
+    janitor = guard_janitor(world, make_janitor)
+    script = textwrap.dedent(
+        f"""
+        import json, os, threading
+        from scanner.app import SCAN_TASK, make_app
+
+        def sockets():
+            out = 0
+            for fd in os.listdir("/proc/self/fd"):
+                try:
+                    out += os.readlink(f"/proc/self/fd/{{fd}}").startswith("socket:")
+                except OSError:
+                    pass
+            return out
+
+        app = make_app({world.redis_server.url!r}, database_url={world.database.url!r})
+        app.finalize()
+        before = (threading.active_count(), len(os.listdir("/proc/self/task")), sockets())
+        import celery_janitor
+        inst = celery_janitor.install(app, config_path={str(janitor.config_path)!r})
+        after = (threading.active_count(), len(os.listdir("/proc/self/task")), sockets())
+        wrapped = getattr(app.tasks[SCAN_TASK].run, "_celery_janitor_guarded", False)
+        print(json.dumps({{"before": before, "after": after, "wrapped": wrapped}}))
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=INTEROP_DIR,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["before"] == out["after"] and out["wrapped"] is True, out
+
+
+def test_a_config_that_disagrees_with_the_app_fails_install(
+    make_world: Callable[..., ScannerWorld], make_janitor: Callable[..., Janitor]
+) -> None:
+    world = make_world()
+    janitor = guard_janitor(world, make_janitor)
+    janitor.config["redis"]["url"] = "redis://:s3cret@127.0.0.1:1/5"
+    janitor.write_config()
+    app = make_app(world.redis_server.url, database_url=world.database.url)
+    # (`Installed` rather than `install`: nothing is registered in this test process.)
+    from celery_janitor._install import Installed  # noqa: PLC0415
+
+    with pytest.raises(celery_janitor.JanitorError) as err:
+        Installed(app, janitor.config_path)
+    assert err.value.kind == "config", err.value
+    message = str(err.value)
+    assert "127.0.0.1:1/5" in message and world.redis_server.url.split("@")[-1] in message
+    assert "s3cret" not in message
