@@ -110,16 +110,26 @@ fn json_examples() -> Vec<(String, Value)> {
 /// Objects whose keys are data (table names), not field names.
 const DATA_KEYED: [&str; 2] = ["lost_rows.by_table", "lost_rows.skipped_tables"];
 
-/// Objects that are `null` when there is nothing to say (`revoke`: no revoke was sent).
-const NULLABLE: [&str; 2] = ["revoke", "orphans.revoke"];
+/// Objects that are `null` when there is nothing to say (`revoke`: no revoke was sent; the
+/// `revoke` command's parts that `--undo` or a held lock leave out).
+const NULLABLE: [&str; 7] = [
+    "revoke",
+    "orphans.revoke",
+    "removal.revoke",
+    "broadcast",
+    "removal",
+    "removal_skipped",
+    "ttl_days",
+];
 
 /// The commands with `--json`, in the order of their examples.
-const JSON_COMMANDS: [&str; 5] = [
+const JSON_COMMANDS: [&str; 6] = [
     "status",
     "tasks",
     "cleanup-orphaned",
     "full-cleanup",
     "restore",
+    "revoke",
 ];
 
 #[test]

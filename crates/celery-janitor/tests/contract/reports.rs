@@ -1,7 +1,8 @@
 //! The human reports and the `--json` output of every command, pinned, in one sequence over the
 //! fixed keyspace: look (`status`, `tasks`), clean orphans (dry run, then for real), undo it
 //! (`restore`, dry run, real, and once more when nothing is left), then `full-cleanup` (dry run
-//! and real, which also removes expired results and marks lost rows) and its `restore`.
+//! and real, which also removes expired results and marks lost rows) and its `restore`; then a
+//! durable `revoke` of a queued task and its `--undo`.
 //!
 //! The human and the JSON sequence each run in a world of their own. `tasks` lists entries in
 //! Redis's scan order, which changes from one `redis-server` to the next, so its rows are sorted
@@ -12,7 +13,7 @@ use serde_json::{json, Value};
 use crate::world::{insta_settings, Run, World};
 
 /// The sequence: snapshot name and arguments (`--json` is added for the JSON sequence).
-pub(crate) const STEPS: [(&str, &[&str]); 12] = [
+pub(crate) const STEPS: [(&str, &[&str]); 14] = [
     ("01_status", &["status", "--grace", "0"]),
     ("02_tasks", &["tasks", "--grace", "0"]),
     (
@@ -34,6 +35,14 @@ pub(crate) const STEPS: [(&str, &[&str]); 12] = [
     ("10_full_cleanup", &["full-cleanup", "--grace", "0"]),
     ("11_restore_full_cleanup", &["restore"]),
     ("12_status_after", &["status", "--grace", "0"]),
+    (
+        "13_revoke",
+        &["revoke", "aaaaaaaa-0000-0000-0000-000000000001"],
+    ),
+    (
+        "14_revoke_undo",
+        &["revoke", "aaaaaaaa-0000-0000-0000-000000000001", "--undo"],
+    ),
 ];
 
 /// The human table of `tasks` with its rows sorted (header and count line stay in place).
