@@ -5,6 +5,7 @@
 //! result into [`Settings`], which the rest of the program uses. Environment variables are the
 //! constants in [`env`]. URLs are held in [`SecretUrl`], which never prints a password.
 
+mod api;
 mod keys;
 mod owners;
 mod secret;
@@ -14,6 +15,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use api::{
+    api_defaults, parse_bind, ApiRole, ApiSection, ApiSettings, ApiToken, ApiTokenFile, ClaimRule,
+    IpRange, JwtAlgorithm, JwtKeySource, JwtSection, JwtSettings,
+};
 pub use keys::file_keys;
 pub use owners::{
     quote_ident, IdSource, LostRowRule, OwnerMatch, OwnerRule, OwnerRuleFile, Owners,
@@ -110,6 +115,9 @@ pub struct FileConfig {
     pub archive: ArchiveSection,
     #[serde(default)]
     pub owners: Vec<owners::OwnerRuleFile>,
+    /// The HTTP server (`serve`): see `api.rs`.
+    #[serde(default)]
+    pub api: ApiSection,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -278,6 +286,8 @@ pub struct Settings {
     pub audit_log: PathBuf,
     pub archive_dir: PathBuf,
     pub owners: Owners,
+    /// `[api]`: the HTTP server's settings.
+    pub api: ApiSettings,
 }
 
 /// Reads and parses a config file.
@@ -543,6 +553,7 @@ fn build(
     }
 
     let owners = Owners::from_file(&file.owners)?;
+    let api = api::resolve_api(&file.api, &in_file_dir)?;
 
     Ok(Settings {
         config_path,
@@ -573,6 +584,7 @@ fn build(
             .or(file.archive.dir.as_ref().map(in_file_dir))
             .unwrap_or_else(|| defaults::ARCHIVE_DIR.into()),
         owners,
+        api,
     })
 }
 

@@ -46,7 +46,10 @@ fn toml_example() -> String {
 
 fn is_key_line(text: &str) -> bool {
     text.split_once(" = ").is_some_and(|(key, _)| {
-        !key.is_empty() && key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+        !key.is_empty()
+            && key
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
     })
 }
 
