@@ -55,6 +55,7 @@ pub struct RestoreOptions {
 /// Where the entries were read.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum RestoreSource {
     /// An archive file (completed with the run's stream entries it lacks).
     File,
@@ -64,6 +65,7 @@ pub enum RestoreSource {
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RestoreReport {
     /// The run restored (`None` with `--all`, or when no run is archived).
     pub run_id: Option<String>,

@@ -75,6 +75,7 @@ impl From<RunOutcome> for String {
 
 /// One run, as kept in `celery-janitor:runs`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RunRecord {
     /// `YYYYmmddTHHMMSSZ-xxxxxxxx`: sorts by start time, to the second (records are ordered by
     /// `started_at`).
@@ -89,6 +90,8 @@ pub struct RunRecord {
     pub ended_at: Option<DateTime<Utc>>,
     /// Absolute path of the run's archive file, on `host`.
     pub archive_file: String,
+    /// "running", "completed", "failed", "interrupted" (or a newer version's name).
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub outcome: RunOutcome,
     /// Entries removed (and archived), per location: orphans and expired results.
     #[serde(default)]

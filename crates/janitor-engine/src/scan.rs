@@ -22,12 +22,14 @@ const WRONG_TYPE_EXAMPLES: usize = 10;
 /// Keys where Celery keeps a list, hash, zset, set or string that hold another type: skipped by
 /// the scan (never removed), counted so `status` can show them.
 #[derive(Debug, Clone, Default, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WrongTypeKeys {
     pub count: u64,
     pub examples: Vec<WrongTypeKey>,
 }
 
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WrongTypeKey {
     pub key: String,
     #[serde(rename = "type")]
