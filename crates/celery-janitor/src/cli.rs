@@ -123,6 +123,40 @@ pub(crate) enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Serve the HTTP API until SIGINT or SIGTERM
+    Serve {
+        /// Address to listen on [default: [api] bind, else 127.0.0.1:8000]
+        #[arg(long, value_name = "ADDR")]
+        bind: Option<std::net::SocketAddr>,
+        /// Serve without authentication (refused on a non-loopback address)
+        #[arg(long)]
+        insecure_no_auth: bool,
+    },
+    /// `token new`: print a new API token and its config table
+    Token {
+        #[arg(value_enum)]
+        action: TokenAction,
+        /// The token's name: the actor in the audit log
+        #[arg(long, value_name = "NAME")]
+        name: String,
+        /// What the token may do
+        #[arg(long, value_enum)]
+        role: TokenRole,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub(crate) enum TokenAction {
+    /// Generate a new token
+    New,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub(crate) enum TokenRole {
+    /// Every endpoint
+    Admin,
+    /// Only reads (GET)
+    Viewer,
 }
 
 #[derive(Debug, Args)]

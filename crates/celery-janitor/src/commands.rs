@@ -17,6 +17,9 @@ pub(crate) fn run(cli: Cli) -> Result<Code> {
     if let Command::Init { path, force } = &command {
         return init(path, *force);
     }
+    if let Command::Token { name, role, .. } = &command {
+        return token_new(name, *role);
+    }
     let mut flags = Flags {
         config: global.config.clone(),
         redis_url: global.redis_url.clone(),
@@ -65,7 +68,53 @@ pub(crate) fn run(cli: Cli) -> Result<Code> {
         .build()
         .context("cannot start the async runtime")?;
     let quiet = global.quiet;
+    if let Command::Serve {
+        bind,
+        insecure_no_auth,
+    } = command
+    {
+        return runtime.block_on(serve(settings, bind, insecure_no_auth));
+    }
     runtime.block_on(async move { dispatch(settings, command, quiet).await })
+}
+
+/// `serve`: the server's start-up refusals are configuration errors (exit 2); the engine's
+/// errors keep their codes.
+async fn serve(
+    settings: Settings,
+    bind: Option<std::net::SocketAddr>,
+    insecure_no_auth: bool,
+) -> Result<Code> {
+    match janitor_server::serve(settings, bind, insecure_no_auth).await {
+        Ok(()) => Ok(Code::Success),
+        Err(janitor_server::ServeError::Startup(e)) => {
+            eprintln!("celery-janitor: error: {}", scrub(&e.to_string()));
+            Ok(Code::Config)
+        }
+        Err(janitor_server::ServeError::Engine(e)) => Err(e.into()),
+        Err(janitor_server::ServeError::Io(e)) => Err(e.into()),
+    }
+}
+
+/// `token new`: the token once on standard output, then the table to paste.
+fn token_new(name: &str, role: crate::cli::TokenRole) -> Result<Code> {
+    let role = match role {
+        crate::cli::TokenRole::Admin => janitor_config::ApiRole::Admin,
+        crate::cli::TokenRole::Viewer => janitor_config::ApiRole::Viewer,
+    };
+    let new = match janitor_server::new_token(name, role) {
+        Ok(new) => new,
+        Err(message) => {
+            eprintln!("celery-janitor: error: {message}");
+            return Ok(Code::Config);
+        }
+    };
+    println!("{}", new.token);
+    eprintln!();
+    eprintln!("Keep the token above: it is shown only this once. Add this to the config file:");
+    eprintln!();
+    print!("{}", new.toml);
+    Ok(Code::Success)
 }
 
 /// The URLs of the resolved settings, so the last error line can be scrubbed of their secrets
@@ -89,6 +138,8 @@ fn command_name(c: &Command) -> &'static str {
         Command::FullCleanup { .. } => "full-cleanup",
         Command::Restore { .. } => "restore",
         Command::Init { .. } => "init",
+        Command::Serve { .. } => "serve",
+        Command::Token { .. } => "token",
     }
 }
 
@@ -176,7 +227,9 @@ async fn dispatch(settings: Settings, command: Command, quiet: bool) -> Result<C
             };
             return restore(&janitor, &options, json, quiet).await;
         }
-        Command::Init { .. } => unreachable!("handled before connecting"),
+        Command::Init { .. } | Command::Serve { .. } | Command::Token { .. } => {
+            unreachable!("handled before connecting")
+        }
     }
     Ok(Code::Success)
 }
