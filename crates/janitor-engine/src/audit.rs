@@ -42,6 +42,9 @@ pub(crate) enum AuditEvent<'a> {
         status: Option<&'a str>,
         ids: &'a [String],
     },
+    /// A mutating request to the HTTP API: who asked, which request, and how it ended (its
+    /// run's own `run` line says what changed).
+    ApiRequest(&'a RequestAudit),
     /// One archived entry put back.
     Restore {
         run_id: &'a str,
@@ -50,6 +53,30 @@ pub(crate) enum AuditEvent<'a> {
         key: String,
         task_id: Option<&'a str>,
     },
+}
+
+/// A mutating request to the HTTP API, as its `api_request` audit line records it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RequestAudit {
+    /// The token's name or the JWT's `sub`.
+    pub actor: String,
+    /// How the actor authenticated: `token`, `jwt` or `none` (`--insecure-no-auth`).
+    pub credential: String,
+    /// The request's `X-Request-Id`.
+    pub request_id: String,
+    /// `POST /api/v1/cache/cleanup/orphaned-tasks`, …
+    pub endpoint: String,
+    /// The run the request started (or restored), when it got that far.
+    pub run_id: Option<String>,
+    pub dry_run: bool,
+    /// The HTTP status answered.
+    pub status: u16,
+    /// `completed`, or the error code answered (`busy`, `bad_request`, …).
+    pub outcome: String,
+    /// The error message answered, scrubbed of secrets.
+    pub error: Option<String>,
+    /// Entries removed, restored or rows marked (`None`: not known, or nothing ran).
+    pub changed: Option<u64>,
 }
 
 /// The archive file and the audit log, written on tokio's blocking pool: a disk write or an

@@ -212,6 +212,15 @@ impl Janitor {
         })
     }
 
+    /// Appends an `api_request` line to the audit log (the HTTP server calls it for every
+    /// mutating request).
+    pub async fn audit_request(&self, request: &crate::audit::RequestAudit) -> Result<()> {
+        self.audit
+            .record(&crate::audit::AuditEvent::ApiRequest(request))
+            .await?;
+        self.audit.sync().await
+    }
+
     /// Whether Redis (broker and backend) and the owner database answer: a `PING` each and a
     /// `SELECT 1`. For health checks; says nothing about the data.
     pub async fn ping(&self) -> Result<()> {

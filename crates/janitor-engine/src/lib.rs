@@ -34,6 +34,7 @@ mod spec;
 
 pub use apply::{CleanupOptions, Run};
 pub use archive::{open_private_append, printable, write_private_file, ArchiveRecord};
+pub use audit::RequestAudit;
 pub use cancel::Cancel;
 pub use classify::{Entry, Location, State};
 pub use context::RunCtx;

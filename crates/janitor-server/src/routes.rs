@@ -17,8 +17,8 @@ use axum::Extension;
 use janitor_config::{validate_grace_seconds, validate_max_age_hours};
 use janitor_engine::{
     CleanupOptions, CleanupReport, Cursor, EngineError, FullCleanupReport, ListOptions, Location,
-    PlanOptions, ReadOptions, RestoreOptions, RestoreReport, RunRecord, State as EntryState,
-    StatusReport, TaskRow, RUNS_KEPT,
+    PlanOptions, ReadOptions, RequestAudit, RestoreOptions, RestoreReport, RunRecord,
+    State as EntryState, StatusReport, TaskRow, RUNS_KEPT,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, OpenApi, ToSchema};
@@ -335,16 +335,19 @@ pub(crate) async fn cleanup_orphaned(
         dry_run: body.dry_run.unwrap_or(false),
         take_over_lock: false,
     };
-    log_start(&actor, &headers, "cleanup-orphaned", options.dry_run);
-    let report = s.run_cleanup(options).await?.orphans;
-    tracing::info!(
-        actor = %actor.name,
-        request_id = request_id(&headers),
-        run_id = %report.run_id,
-        dry_run = report.dry_run,
-        removed = report.removed.total(),
-        "cleanup-orphaned done"
-    );
+    let dry_run = options.dry_run;
+    log_start(&actor, &headers, "cleanup-orphaned", dry_run);
+    let result = s.run_cleanup(options).await.map(|r| r.orphans);
+    let report = s
+        .audited(
+            &actor,
+            &headers,
+            "POST /api/v1/cache/cleanup/orphaned-tasks",
+            dry_run,
+            result,
+            |r| (Some(r.run_id.clone()), Some(r.removed.total())),
+        )
+        .await?;
     Ok(with_run_id(Some(&report.run_id), &report))
 }
 
@@ -386,16 +389,19 @@ pub(crate) async fn cleanup_full(
         dry_run: body.dry_run.unwrap_or(false),
         take_over_lock: false,
     };
-    log_start(&actor, &headers, "full-cleanup", options.dry_run);
-    let report = s.run_cleanup(options).await?;
-    tracing::info!(
-        actor = %actor.name,
-        request_id = request_id(&headers),
-        run_id = %report.run_id,
-        dry_run = report.dry_run,
-        changed = report.changed(),
-        "full-cleanup done"
-    );
+    let dry_run = options.dry_run;
+    log_start(&actor, &headers, "full-cleanup", dry_run);
+    let result = s.run_cleanup(options).await;
+    let report = s
+        .audited(
+            &actor,
+            &headers,
+            "POST /api/v1/cache/cleanup/full",
+            dry_run,
+            result,
+            |r| (Some(r.run_id.clone()), Some(r.changed())),
+        )
+        .await?;
     Ok(with_run_id(Some(&report.run_id), &report))
 }
 
@@ -454,24 +460,26 @@ pub(crate) async fn restore(
         dry_run: body.dry_run.unwrap_or(false),
         ..Default::default()
     };
-    log_start(&actor, &headers, "restore", options.dry_run);
+    let dry_run = options.dry_run;
+    log_start(&actor, &headers, "restore", dry_run);
     let janitor = s.janitor.clone();
     let cancel = s.cancel.clone();
-    let report = s
+    let result = s
         .run_to_completion(async move {
             let cx = janitor_engine::RunCtx::new(&janitor_engine::NoProgress, cancel);
             janitor.restore(&options, &cx).await
         })
+        .await;
+    let report = s
+        .audited(
+            &actor,
+            &headers,
+            "POST /api/v1/cache/archive/restore",
+            dry_run,
+            result,
+            |r| (r.run_id.clone(), Some(r.restored_total())),
+        )
         .await?;
-    tracing::info!(
-        actor = %actor.name,
-        request_id = request_id(&headers),
-        run_id = ?report.run_id,
-        dry_run = report.dry_run,
-        restored = report.restored_total(),
-        missing = report.missing,
-        "restore done"
-    );
     Ok(with_run_id(report.run_id.as_deref(), &report))
 }
 
@@ -585,6 +593,56 @@ pub(crate) async fn method_not_allowed() -> ApiError {
 }
 
 impl AppState {
+    /// Writes the `api_request` audit line of a mutating request (and its log line), then hands
+    /// the result back. `facts` reads the run id and the count of changes from a success.
+    async fn audited<T>(
+        &self,
+        actor: &Actor,
+        headers: &HeaderMap,
+        endpoint: &str,
+        dry_run: bool,
+        result: Result<T, ApiError>,
+        facts: impl Fn(&T) -> (Option<String>, Option<u64>),
+    ) -> Result<T, ApiError> {
+        let mut entry = RequestAudit {
+            actor: actor.name.clone(),
+            credential: actor.via.as_str().to_owned(),
+            request_id: request_id(headers).to_owned(),
+            endpoint: endpoint.to_owned(),
+            dry_run,
+            ..Default::default()
+        };
+        match &result {
+            Ok(value) => {
+                (entry.run_id, entry.changed) = facts(value);
+                entry.status = StatusCode::OK.as_u16();
+                entry.outcome = "completed".to_owned();
+            }
+            Err(e) => {
+                entry.run_id.clone_from(&e.run_id);
+                entry.status = e.status.as_u16();
+                entry.outcome = e.code.to_owned();
+                entry.error = Some(e.message.clone());
+            }
+        }
+        tracing::info!(
+            actor = %entry.actor,
+            request_id = %entry.request_id,
+            run_id = ?entry.run_id,
+            status = entry.status,
+            outcome = %entry.outcome,
+            changed = ?entry.changed,
+            "{endpoint} answered"
+        );
+        if let Err(e) = self.janitor.audit_request(&entry).await {
+            tracing::error!(
+                error = %self.scrub(&e.to_string()),
+                "cannot write the audit line of a request"
+            );
+        }
+        result
+    }
+
     /// Runs a cleanup on a task of its own and waits for it: the run finishes even when the
     /// client goes away.
     async fn run_cleanup(&self, options: CleanupOptions) -> Result<FullCleanupReport, ApiError> {

@@ -451,6 +451,44 @@ async fn two_cleanups_at_once_one_is_refused_with_the_holder_then_restore_undoes
         .map(|v| v.as_u64().unwrap())
         .sum();
     assert_eq!(total, removed, "{restored}");
+
+    // Each mutating request left an audit line with its actor, request id, run and outcome.
+    let audit = std::fs::read_to_string(w._dir.path().join("audit.jsonl")).unwrap();
+    let requests: Vec<Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["action"] == "api_request")
+        .collect();
+    let find = |endpoint: &str| {
+        requests
+            .iter()
+            .find(|r| r["endpoint"] == endpoint)
+            .unwrap_or_else(|| panic!("no audit line for {endpoint}: {audit}"))
+            .clone()
+    };
+    let cleanup = find("POST /api/v1/cache/cleanup/orphaned-tasks");
+    assert_eq!(cleanup["actor"], "ops");
+    assert_eq!(cleanup["credential"], "token");
+    assert_eq!(cleanup["run_id"], run_id.as_str());
+    assert_eq!(cleanup["outcome"], "completed");
+    assert_eq!(cleanup["changed"], removed);
+    assert!(cleanup["request_id"].as_str().unwrap().len() >= 32);
+    assert!(cleanup["ts"].is_string());
+    let refused = find("POST /api/v1/cache/cleanup/full");
+    assert_eq!(
+        (refused["status"].as_u64(), refused["outcome"].as_str()),
+        (Some(409), Some("busy"))
+    );
+    assert_eq!(
+        refused["request_id"],
+        headers["x-request-id"].to_str().unwrap()
+    );
+    let undo = find("POST /api/v1/cache/archive/restore");
+    assert_eq!(
+        (undo["run_id"].as_str(), undo["changed"].as_u64()),
+        (Some(run_id.as_str()), Some(removed))
+    );
+    assert!(!audit.contains(ADMIN_TOKEN));
     w.stop().await;
 }
 
