@@ -211,6 +211,8 @@ pub struct Server {
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
     body_limit: usize,
+    /// HTTPS (rustls) when `[api] tls_cert` and `tls_key` are set.
+    tls: Option<axum_server::tls_rustls::RustlsConfig>,
 }
 
 impl Server {
@@ -221,9 +223,16 @@ impl Server {
         options: &ServeOptions,
     ) -> Result<Server, ServeError> {
         check_bind(options, auth.has_credentials())?;
-        if options.tls.is_some() {
-            return Err(StartupError::TlsUnsupported.into());
-        }
+        let tls = match &options.tls {
+            Some((cert, key)) => Some(
+                axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                    .await
+                    .map_err(|e| {
+                        StartupError::Tls(format!("{} / {}: {e}", cert.display(), key.display()))
+                    })?,
+            ),
+            None => None,
+        };
         let settings = janitor.settings();
         let secrets = [&settings.broker_url, &settings.backend_url]
             .into_iter()
@@ -258,7 +267,13 @@ impl Server {
                 read_timeout,
             }),
             body_limit: options.body_limit,
+            tls,
         })
+    }
+
+    /// Whether it answers HTTPS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// The address it listens on (the port when bound to port 0).
@@ -276,19 +291,35 @@ impl Server {
             listener,
             state,
             body_limit,
+            tls,
         } = self;
         let cancel = state.cancel.clone();
-        let app = router(state.clone(), body_limit);
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
+        let stopping = async move {
             shutdown.await;
             tracing::info!("shutting down: runs in flight stop after their current batch");
             cancel.cancel();
-        })
-        .await?;
+        };
+        let app =
+            router(state.clone(), body_limit).into_make_service_with_connect_info::<SocketAddr>();
+        match tls {
+            None => {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stopping)
+                    .await?
+            }
+            Some(config) => {
+                let handle = axum_server::Handle::new();
+                let stop = handle.clone();
+                tokio::spawn(async move {
+                    stopping.await;
+                    stop.graceful_shutdown(None);
+                });
+                axum_server::tls_rustls::from_tcp_rustls(listener.into_std()?, config)?
+                    .handle(handle)
+                    .serve(app)
+                    .await?
+            }
+        }
         state.tasks.close();
         state.tasks.wait().await;
         Ok(())
@@ -330,7 +361,8 @@ pub async fn serve(
     let janitor = Janitor::connect(settings).await?;
     let server = Server::bind(janitor, auth, &options).await?;
     let addr = server.local_addr()?;
-    tracing::info!(%addr, insecure_no_auth, "serving the API");
-    eprintln!("celery-janitor: serving the API on http://{addr} (Ctrl-C to stop)");
+    let scheme = if server.is_tls() { "https" } else { "http" };
+    tracing::info!(%addr, scheme, insecure_no_auth, "serving the API");
+    eprintln!("celery-janitor: serving the API on {scheme}://{addr} (Ctrl-C to stop)");
     server.run(shutdown_signal()).await
 }

@@ -64,8 +64,8 @@ pub enum StartupError {
          behind a TLS-terminating proxy"
     )]
     PlainHttpOnNetwork(SocketAddr),
-    #[error("TLS is not supported by this build yet: remove [api] tls_cert/tls_key and terminate TLS in a proxy (with allow_plain_http = true)")]
-    TlsUnsupported,
+    #[error("cannot load the TLS certificate or key ([api] tls_cert, tls_key): {0}")]
+    Tls(String),
     #[error("{0}")]
     Auth(String),
     #[error("cannot listen on {addr}: {message}")]
@@ -156,7 +156,7 @@ mod tests {
             StartupError::NoCredentials,
             StartupError::OpenOnNetwork("0.0.0.0:1".parse().unwrap()),
             StartupError::PlainHttpOnNetwork("0.0.0.0:1".parse().unwrap()),
-            StartupError::TlsUnsupported,
+            StartupError::Tls("x".into()),
         ] {
             assert!(!e.to_string().contains('\n'), "{e}");
         }

@@ -56,6 +56,11 @@ viewer_claim = "realm_access.roles=viewer"
 }
 
 async fn world() -> World {
+    world_with(None).await
+}
+
+/// A world whose server answers HTTPS with `tls` (certificate and key PEM files).
+async fn world_with(tls: Option<(std::path::PathBuf, std::path::PathBuf)>) -> World {
     let redis = TestRedis::start().await;
     keyspace::load(&redis).await;
     let dir = tempfile::tempdir().unwrap();
@@ -69,7 +74,7 @@ async fn world() -> World {
     let options = ServeOptions {
         bind: "127.0.0.1:0".parse().unwrap(),
         insecure_no_auth: false,
-        tls: None,
+        tls,
         allow_plain_http: false,
         request_timeout: None,
         body_limit: DEFAULT_BODY_LIMIT,
@@ -724,4 +729,90 @@ async fn the_openapi_document_lists_every_path_and_schema() {
     assert_eq!(documented, served);
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
     w.stop().await;
+}
+
+#[tokio::test]
+async fn with_a_certificate_it_answers_https_only() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls;
+
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let pems = tempfile::tempdir().unwrap();
+    let (cert, key) = (pems.path().join("cert.pem"), pems.path().join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.key_pair.serialize_pem()).unwrap();
+    let w = world_with(Some((cert, key))).await;
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(certified.cert.der().clone()).unwrap();
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let get = |path: &str, token: Option<&str>| {
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n")
+    };
+    for (request, expected) in [
+        (get("/healthz", None), "200 OK"),
+        (get("/api/v1/cache/runs", Some(ADMIN_TOKEN)), "200 OK"),
+        (get("/api/v1/cache/runs", None), "401 Unauthorized"),
+    ] {
+        let tcp = tokio::net::TcpStream::connect(w.addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut tls = connector.connect(name, tcp).await.unwrap();
+        tls.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let _ = tls.read_to_end(&mut answer).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {expected}")),
+            "{request}: {answer}"
+        );
+        assert!(
+            answer.to_ascii_lowercase().contains("x-request-id"),
+            "{answer}"
+        );
+    }
+    // Plain HTTP on the TLS port gets no answer.
+    let plain = w.client.get(w.url("/healthz")).send().await;
+    assert!(
+        plain.as_ref().map_or(true, |r| !r.status().is_success()),
+        "{plain:?}"
+    );
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn a_certificate_that_cannot_be_read_stops_the_start() {
+    let redis = TestRedis::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db_url = sqlite_owners::create(dir.path()).await;
+    let text = config_text(&redis, &db_url, dir.path());
+    let settings =
+        janitor_config::resolve_text(&text, &janitor_config::Flags::default(), &|_| None).unwrap();
+    let get_env = |k: &str| (k == JWT_ENV).then(|| JWT_SECRET.to_owned());
+    let auth = Authenticator::from_settings(&settings.api, &get_env).unwrap();
+    let missing = dir.path().join("missing.pem");
+    let options = ServeOptions {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        insecure_no_auth: false,
+        tls: Some((missing.clone(), missing)),
+        allow_plain_http: false,
+        request_timeout: None,
+        body_limit: DEFAULT_BODY_LIMIT,
+    };
+    let err = match Server::bind(Janitor::connect(settings).await.unwrap(), auth, &options).await {
+        Err(e) => e,
+        Ok(_) => panic!("started without its certificate"),
+    };
+    assert!(
+        matches!(
+            err,
+            janitor_server::ServeError::Startup(janitor_server::StartupError::Tls(_))
+        ),
+        "{err}"
+    );
 }
