@@ -337,15 +337,17 @@ pub(crate) async fn cleanup_orphaned(
     };
     let dry_run = options.dry_run;
     log_start(&actor, &headers, "cleanup-orphaned", dry_run);
-    let result = s.run_cleanup(options).await.map(|r| r.orphans);
+    let mutation = Mutation::new(
+        &actor,
+        &headers,
+        "POST /api/v1/cache/cleanup/orphaned-tasks",
+        dry_run,
+    );
     let report = s
-        .audited(
-            &actor,
-            &headers,
-            "POST /api/v1/cache/cleanup/orphaned-tasks",
-            dry_run,
-            result,
-            |r| (Some(r.run_id.clone()), Some(r.removed.total())),
+        .run_audited(
+            mutation,
+            cleanup_work(&s, options, |r| r.orphans),
+            |r: &CleanupReport| (Some(r.run_id.clone()), Some(r.removed.total())),
         )
         .await?;
     Ok(with_run_id(Some(&report.run_id), &report))
@@ -391,15 +393,12 @@ pub(crate) async fn cleanup_full(
     };
     let dry_run = options.dry_run;
     log_start(&actor, &headers, "full-cleanup", dry_run);
-    let result = s.run_cleanup(options).await;
+    let mutation = Mutation::new(&actor, &headers, "POST /api/v1/cache/cleanup/full", dry_run);
     let report = s
-        .audited(
-            &actor,
-            &headers,
-            "POST /api/v1/cache/cleanup/full",
-            dry_run,
-            result,
-            |r| (Some(r.run_id.clone()), Some(r.changed())),
+        .run_audited(
+            mutation,
+            cleanup_work(&s, options, |r| r),
+            |r: &FullCleanupReport| (Some(r.run_id.clone()), Some(r.changed())),
         )
         .await?;
     Ok(with_run_id(Some(&report.run_id), &report))
@@ -464,21 +463,20 @@ pub(crate) async fn restore(
     log_start(&actor, &headers, "restore", dry_run);
     let janitor = s.janitor.clone();
     let cancel = s.cancel.clone();
-    let result = s
-        .run_to_completion(async move {
-            let cx = janitor_engine::RunCtx::new(&janitor_engine::NoProgress, cancel);
-            janitor.restore(&options, &cx).await
-        })
-        .await;
+    let work = async move {
+        let cx = janitor_engine::RunCtx::new(&janitor_engine::NoProgress, cancel);
+        janitor.restore(&options, &cx).await
+    };
+    let mutation = Mutation::new(
+        &actor,
+        &headers,
+        "POST /api/v1/cache/archive/restore",
+        dry_run,
+    );
     let report = s
-        .audited(
-            &actor,
-            &headers,
-            "POST /api/v1/cache/archive/restore",
-            dry_run,
-            result,
-            |r| (r.run_id.clone(), Some(r.restored_total())),
-        )
+        .run_audited(mutation, work, |r: &RestoreReport| {
+            (r.run_id.clone(), Some(r.restored_total()))
+        })
         .await?;
     Ok(with_run_id(report.run_id.as_deref(), &report))
 }
@@ -592,77 +590,61 @@ pub(crate) async fn method_not_allowed() -> ApiError {
     )
 }
 
-impl AppState {
-    /// Writes the `api_request` audit line of a mutating request (and its log line), then hands
-    /// the result back. `facts` reads the run id and the count of changes from a success.
-    async fn audited<T>(
-        &self,
-        actor: &Actor,
-        headers: &HeaderMap,
-        endpoint: &str,
-        dry_run: bool,
-        result: Result<T, ApiError>,
-        facts: impl Fn(&T) -> (Option<String>, Option<u64>),
-    ) -> Result<T, ApiError> {
-        let mut entry = RequestAudit {
-            actor: actor.name.clone(),
-            credential: actor.via.as_str().to_owned(),
+/// A mutating request, as its audit line names it.
+struct Mutation {
+    actor: Actor,
+    request_id: String,
+    endpoint: &'static str,
+    dry_run: bool,
+}
+
+impl Mutation {
+    fn new(actor: &Actor, headers: &HeaderMap, endpoint: &'static str, dry_run: bool) -> Self {
+        Mutation {
+            actor: actor.clone(),
             request_id: request_id(headers).to_owned(),
-            endpoint: endpoint.to_owned(),
+            endpoint,
             dry_run,
-            ..Default::default()
-        };
-        match &result {
-            Ok(value) => {
-                (entry.run_id, entry.changed) = facts(value);
-                entry.status = StatusCode::OK.as_u16();
-                entry.outcome = "completed".to_owned();
-            }
-            Err(e) => {
-                entry.run_id.clone_from(&e.run_id);
-                entry.status = e.status.as_u16();
-                entry.outcome = e.code.to_owned();
-                entry.error = Some(e.message.clone());
-            }
         }
-        tracing::info!(
-            actor = %entry.actor,
-            request_id = %entry.request_id,
-            run_id = ?entry.run_id,
-            status = entry.status,
-            outcome = %entry.outcome,
-            changed = ?entry.changed,
-            "{endpoint} answered"
-        );
-        if let Err(e) = self.janitor.audit_request(&entry).await {
-            tracing::error!(
-                error = %self.scrub(&e.to_string()),
-                "cannot write the audit line of a request"
-            );
-        }
-        result
     }
+}
 
-    /// Runs a cleanup on a task of its own and waits for it: the run finishes even when the
-    /// client goes away.
-    async fn run_cleanup(&self, options: CleanupOptions) -> Result<FullCleanupReport, ApiError> {
-        let janitor = self.janitor.clone();
-        let cancel = self.cancel.clone();
-        self.run_to_completion(async move {
-            let cx = janitor_engine::RunCtx::new(&janitor_engine::NoProgress, cancel);
-            janitor.cleanup(&options, &cx).await
-        })
-        .await
+/// A cleanup with `options`, its report picked by `pick`, as work for [`AppState::run_audited`].
+fn cleanup_work<T>(
+    s: &AppState,
+    options: CleanupOptions,
+    pick: fn(FullCleanupReport) -> T,
+) -> impl Future<Output = Result<T, EngineError>> + Send + 'static
+where
+    T: Send + 'static,
+{
+    let janitor = s.janitor.clone();
+    let cancel = s.cancel.clone();
+    async move {
+        let cx = janitor_engine::RunCtx::new(&janitor_engine::NoProgress, cancel);
+        janitor.cleanup(&options, &cx).await.map(pick)
     }
+}
 
-    /// Spawns `work` on the server's tracked tasks (shutdown waits for them) and awaits it.
-    pub(crate) async fn run_to_completion<T: Send + 'static>(
-        &self,
+impl AppState {
+    /// Runs `work` on a tracked task of its own — it finishes, and its audit line is written,
+    /// even when the client goes away; shutdown waits for it — and awaits its answer. `facts`
+    /// reads the run id and the count of changes from a success, for the audit line.
+    async fn run_audited<T: Send + 'static>(
+        self: &Arc<Self>,
+        m: Mutation,
         work: impl Future<Output = Result<T, EngineError>> + Send + 'static,
+        facts: fn(&T) -> (Option<String>, Option<u64>),
     ) -> Result<T, ApiError> {
-        match self.tasks.spawn(work).await {
-            Ok(Ok(report)) => Ok(report),
-            Ok(Err(e)) => Err(self.engine_error(&e)),
+        let s = self.clone();
+        let task = self.tasks.spawn(async move {
+            let result = work.await.map_err(|e| s.engine_error(&e));
+            let entry = audit_entry(&m, &result, facts);
+            s.write_audit(&entry).await;
+            result
+        });
+        match task.await {
+            Ok(result) => result,
             Err(e) => {
                 tracing::error!(error = %e, "a run's task failed");
                 Err(ApiError::internal(
@@ -671,4 +653,54 @@ impl AppState {
             }
         }
     }
+
+    /// Writes the `api_request` audit line of a mutating request, and its log line.
+    async fn write_audit(&self, entry: &RequestAudit) {
+        tracing::info!(
+            actor = %entry.actor,
+            request_id = %entry.request_id,
+            run_id = ?entry.run_id,
+            status = entry.status,
+            outcome = %entry.outcome,
+            changed = ?entry.changed,
+            "{} answered",
+            entry.endpoint
+        );
+        if let Err(e) = self.janitor.audit_request(entry).await {
+            tracing::error!(
+                error = %self.scrub(&e.to_string()),
+                "cannot write the audit line of a request"
+            );
+        }
+    }
+}
+
+/// The `api_request` audit line of a mutating request that ended with `result`.
+fn audit_entry<T>(
+    m: &Mutation,
+    result: &Result<T, ApiError>,
+    facts: fn(&T) -> (Option<String>, Option<u64>),
+) -> RequestAudit {
+    let mut entry = RequestAudit {
+        actor: m.actor.name.clone(),
+        credential: m.actor.via.as_str().to_owned(),
+        request_id: m.request_id.clone(),
+        endpoint: m.endpoint.to_owned(),
+        dry_run: m.dry_run,
+        ..Default::default()
+    };
+    match result {
+        Ok(value) => {
+            (entry.run_id, entry.changed) = facts(value);
+            entry.status = StatusCode::OK.as_u16();
+            entry.outcome = "completed".to_owned();
+        }
+        Err(e) => {
+            entry.run_id.clone_from(&e.run_id);
+            entry.status = e.status.as_u16();
+            entry.outcome = e.code.to_owned();
+            entry.error = Some(e.message.clone());
+        }
+    }
+    entry
 }

@@ -816,3 +816,99 @@ async fn a_certificate_that_cannot_be_read_stops_the_start() {
         "{err}"
     );
 }
+
+/// The newest run record, once it is no longer running (waits up to 20 s).
+async fn finished_run(w: &World, run_id: Option<&str>) -> Value {
+    for _ in 0..200 {
+        let (_, runs) = w.admin(Method::GET, "/api/v1/cache/runs", None).await;
+        if let Some(run) = runs["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| run_id.is_none_or(|id| r["run_id"] == id))
+        {
+            if run["outcome"] != "running" {
+                return run.clone();
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("no finished run");
+}
+
+#[tokio::test]
+async fn a_cleanup_finishes_when_its_client_goes_away() {
+    let w = world().await;
+    let gone = tokio::time::timeout(
+        std::time::Duration::from_millis(500),
+        w.client
+            .post(w.url("/api/v1/cache/cleanup/orphaned-tasks"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({"grace_seconds": 2}))
+            .send(),
+    )
+    .await;
+    assert!(
+        gone.is_err(),
+        "the cleanup answered within its grace period"
+    );
+    let run = finished_run(&w, None).await;
+    assert_eq!(run["outcome"], "completed", "{run}");
+    assert!(run["removed"]["queue"].as_u64().unwrap() > 0, "{run}");
+    // Its audit line is written all the same.
+    let mut audited = None;
+    for _ in 0..50 {
+        let audit = std::fs::read_to_string(w._dir.path().join("audit.jsonl")).unwrap();
+        audited = audit
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .find(|v| v["action"] == "api_request");
+        if audited.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let audited = audited.expect("an api_request audit line");
+    assert_eq!(audited["run_id"], run["run_id"]);
+    assert_eq!(audited["outcome"], "completed");
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_stops_a_running_cleanup_at_a_safe_point_and_waits_for_it() {
+    let mut w = world().await;
+    let request = {
+        let client = w.client.clone();
+        let url = w.url("/api/v1/cache/cleanup/orphaned-tasks");
+        tokio::spawn(async move {
+            let res = client
+                .post(url)
+                .bearer_auth(ADMIN_TOKEN)
+                .json(&json!({"grace_seconds": 30}))
+                .send()
+                .await
+                .unwrap();
+            (res.status(), res.text().await.unwrap())
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    let started = std::time::Instant::now();
+    let _ = w.stop.take().unwrap().send(());
+    let (status, text) = request.await.unwrap();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{text}");
+    assert_eq!(error_code(&text), "interrupted", "{text}");
+    w.server.take().unwrap().await.unwrap();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "shutdown waited out the grace period"
+    );
+    // The run ended properly: recorded as interrupted (or not recorded: it changed nothing),
+    // its lock released, nothing removed.
+    let mut con = w.redis.con().await;
+    let lock: Option<String> = redis::cmd("GET")
+        .arg("celery-janitor:lock")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(lock, None);
+}
