@@ -178,36 +178,27 @@ impl JwtVerifier {
         j: &JwtSettings,
         get_env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, AuthSetupError> {
-        let (key, algorithm) = match (&j.key, j.algorithm) {
-            (JwtKeySource::SecretEnv(var), _) => {
+        let algorithm = match j.algorithm {
+            JwtAlgorithm::Hs256 => Algorithm::HS256,
+            JwtAlgorithm::Rs256 => Algorithm::RS256,
+        };
+        // The config pairs HS256 with secret_env and RS256 with public_key_file.
+        let key = match &j.key {
+            JwtKeySource::SecretEnv(var) => {
                 let secret = get_env(var)
                     .filter(|s| !s.is_empty())
                     .ok_or_else(|| AuthSetupError::MissingSecret(var.clone()))?;
-                (
-                    DecodingKey::from_secret(secret.as_bytes()),
-                    Algorithm::HS256,
-                )
+                DecodingKey::from_secret(secret.as_bytes())
             }
-            (JwtKeySource::PublicKeyFile(path), _) => {
-                let pem = std::fs::read(path).map_err(|e| AuthSetupError::PublicKey {
+            JwtKeySource::PublicKeyFile(path) => {
+                let unreadable = |message: String| AuthSetupError::PublicKey {
                     path: path.display().to_string(),
-                    message: e.to_string(),
-                })?;
-                let key =
-                    DecodingKey::from_rsa_pem(&pem).map_err(|e| AuthSetupError::PublicKey {
-                        path: path.display().to_string(),
-                        message: e.to_string(),
-                    })?;
-                (key, Algorithm::RS256)
+                    message,
+                };
+                let pem = std::fs::read(path).map_err(|e| unreadable(e.to_string()))?;
+                DecodingKey::from_rsa_pem(&pem).map_err(|e| unreadable(e.to_string()))?
             }
         };
-        debug_assert_eq!(
-            algorithm,
-            match j.algorithm {
-                JwtAlgorithm::Hs256 => Algorithm::HS256,
-                JwtAlgorithm::Rs256 => Algorithm::RS256,
-            }
-        );
         // Only the configured algorithm: a token can't choose another (or `none`).
         let mut validation = Validation::new(algorithm);
         validation.validate_exp = true;
@@ -446,6 +437,62 @@ role = "viewer"
                 "case {i}"
             );
         }
+    }
+
+    #[test]
+    fn rs256_jwts_are_checked_against_the_public_key_file() {
+        let keys = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/keys");
+        let text = format!(
+            "[api.jwt]\nalgorithm = \"RS256\"\npublic_key_file = \"{}\"\nadmin_claim = \"role=admin\"\n",
+            keys.join("test-only-rsa-public.pem").display()
+        );
+        let api = janitor_config::resolve_text(
+            &text,
+            &janitor_config::Flags {
+                redis_url: Some("redis://127.0.0.1:1/0".into()),
+                ..Default::default()
+            },
+            &|_| None,
+        )
+        .unwrap()
+        .api;
+        let a = Authenticator::from_settings(&api, &|_| None).unwrap();
+        let private = std::fs::read(keys.join("test-only-rsa-private.pem")).unwrap();
+        let sign = |header: Header, key: &EncodingKey| {
+            encode(
+                &header,
+                &json!({"sub": "svc", "role": "admin", "exp": now() + 60}),
+                key,
+            )
+            .unwrap()
+        };
+        let rsa = EncodingKey::from_rsa_pem(&private).unwrap();
+        let actor = a
+            .authenticate(Some(&bearer(&sign(Header::new(Algorithm::RS256), &rsa))))
+            .unwrap();
+        assert_eq!((actor.name.as_str(), actor.role), ("svc", ApiRole::Admin));
+        // The public key used as an HMAC secret (algorithm confusion) is refused.
+        let public = std::fs::read(keys.join("test-only-rsa-public.pem")).unwrap();
+        let forged = sign(
+            Header::new(Algorithm::HS256),
+            &EncodingKey::from_secret(&public),
+        );
+        assert!(matches!(
+            a.authenticate(Some(&bearer(&forged))),
+            Err(Refusal::Unauthorized(_))
+        ));
+        let bad = janitor_config::JwtSettings {
+            key: JwtKeySource::PublicKeyFile(keys.join("README.md")),
+            ..api.jwt.clone().unwrap()
+        };
+        let api = ApiSettings {
+            jwt: Some(bad),
+            ..api
+        };
+        assert!(matches!(
+            Authenticator::from_settings(&api, &|_| None),
+            Err(AuthSetupError::PublicKey { .. })
+        ));
     }
 
     #[test]

@@ -63,7 +63,13 @@ pub struct AppState {
     /// Cancelled at shutdown: runs stop after their current batch, reads stop.
     cancel: Cancel,
     read_timeout: Duration,
+    /// Whole-keyspace reads (`status`, `celery-tasks`) running at once: each scans Redis, so
+    /// more wait their turn (within the read timeout) rather than pile onto Redis.
+    scans: tokio::sync::Semaphore,
 }
+
+/// Whole-keyspace reads served at once.
+pub const CONCURRENT_SCANS: usize = 2;
 
 impl AppState {
     fn run_ctx(&self) -> RunCtx<'static> {
@@ -265,6 +271,7 @@ impl Server {
                 tasks: TaskTracker::new(),
                 cancel: Cancel::new(),
                 read_timeout,
+                scans: tokio::sync::Semaphore::new(CONCURRENT_SCANS),
             }),
             body_limit: options.body_limit,
             tls,

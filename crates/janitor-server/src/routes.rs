@@ -108,6 +108,7 @@ impl utoipa::Modify for BearerAuth {
     security(("bearer" = []))
 )]
 pub(crate) async fn status(State(s): Shared) -> Result<Pretty<StatusReport>, ApiError> {
+    let _turn = s.scan_turn().await?;
     let cx = s.run_ctx();
     s.janitor
         .status(&ReadOptions::default(), &cx)
@@ -238,6 +239,7 @@ pub(crate) async fn celery_tasks(
     Query(q): Query<TasksQuery>,
 ) -> Result<Pretty<TaskPage>, ApiError> {
     let options = q.options()?;
+    let _turn = s.scan_turn().await?;
     let cx = s.run_ctx();
     let page = s
         .janitor
@@ -627,6 +629,14 @@ where
 }
 
 impl AppState {
+    /// Waits for a turn to scan the keyspace (see `AppState::scans`).
+    async fn scan_turn(&self) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+        self.scans
+            .acquire()
+            .await
+            .map_err(|_| ApiError::internal("the server is stopping"))
+    }
+
     /// Runs `work` on a tracked task of its own — it finishes, and its audit line is written,
     /// even when the client goes away; shutdown waits for it — and awaits its answer. `facts`
     /// reads the run id and the count of changes from a success, for the audit line.
