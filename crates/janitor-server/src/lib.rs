@@ -51,7 +51,7 @@ pub use throttle::{client_ip, Throttle, BLOCK, MAX_FAILURES, WINDOW};
 pub use token::{new_token, NewToken, TOKEN_PREFIX};
 
 /// What every request shares: the engine, the credentials, and the tracked runs.
-pub struct AppState {
+pub(crate) struct AppState {
     janitor: Arc<Janitor>,
     auth: Authenticator,
     throttle: Throttle,
@@ -155,7 +155,7 @@ async fn read_timeout(State(s): State<Arc<AppState>>, req: Request, next: Next) 
 }
 
 /// The router of the whole API over `state`.
-pub fn router(state: Arc<AppState>, body_limit: usize) -> Router {
+fn router(state: Arc<AppState>, body_limit: usize) -> Router {
     let reads = Router::new()
         .route("/api/v1/cache/status", get(routes::status))
         .route("/api/v1/cache/celery-tasks", get(routes::celery_tasks))

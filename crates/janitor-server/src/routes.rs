@@ -212,7 +212,7 @@ impl TasksQuery {
             locations,
             limit: Some(limit),
             cursor,
-            grace_seconds: None,
+            ..Default::default()
         })
     }
 }
