@@ -371,5 +371,21 @@ pub async fn serve(
     let scheme = if server.is_tls() { "https" } else { "http" };
     tracing::info!(%addr, scheme, insecure_no_auth, "serving the API");
     eprintln!("celery-janitor: serving the API on {scheme}://{addr} (Ctrl-C to stop)");
-    server.run(shutdown_signal()).await
+    server
+        .run(async {
+            shutdown_signal().await;
+            eprintln!(
+                "celery-janitor: stopping: runs in flight stop after their current batch \
+                 (interrupt again to quit at once)"
+            );
+            // A second signal quits at once, as in the CLI: a run's lock then expires by itself.
+            tokio::spawn(async {
+                shutdown_signal().await;
+                eprintln!(
+                    "celery-janitor: quitting now; a run's lock expires by itself within 30 s"
+                );
+                std::process::exit(130);
+            });
+        })
+        .await
 }
