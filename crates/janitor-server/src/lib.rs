@@ -105,11 +105,16 @@ async fn require_auth(State(s): State<Arc<AppState>>, mut req: Request, next: Ne
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip())
         .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-    let forwarded = req
+    // Every `X-Forwarded-For` line, in order: a proxy appends to the last one, and a client may
+    // have sent lines of its own before it.
+    let forwarded: Vec<&str> = req
         .headers()
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok());
-    let ip = client_ip(peer, forwarded, &s.trusted_proxies);
+        .get_all("x-forwarded-for")
+        .iter()
+        .map(|v| v.to_str().unwrap_or("invalid"))
+        .collect();
+    let forwarded = (!forwarded.is_empty()).then(|| forwarded.join(","));
+    let ip = client_ip(peer, forwarded.as_deref(), &s.trusted_proxies);
     let now = Instant::now();
     if let Some(seconds) = s.throttle.blocked(ip, now) {
         return ApiError::too_many_requests(seconds).into_response();

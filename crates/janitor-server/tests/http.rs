@@ -625,6 +625,17 @@ async fn ten_failures_from_one_peer_get_it_429_for_a_minute() {
         error_code(&blocked.text().await.unwrap()),
         "too_many_requests"
     );
+    // A client's own X-Forwarded-For line before the proxy's changes nothing.
+    let spoofed = w
+        .client
+        .get(w.url("/api/v1/cache/runs"))
+        .header("x-forwarded-for", "203.0.113.99")
+        .header("x-forwarded-for", "203.0.113.7")
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(spoofed.status(), StatusCode::TOO_MANY_REQUESTS);
     // Another peer behind the same trusted proxy is not blocked.
     assert_eq!(
         attempt("203.0.113.8", ADMIN_TOKEN).await.status(),
