@@ -120,6 +120,9 @@ pub(crate) enum Command {
     CleanupOrphaned {
         #[command(flatten)]
         opts: CleanupArgs,
+        /// Worker start-up cleanup: exit 0 without a run when cleanup_on_startup is false, a cleanup completed less than startup_min_interval ago, or another run holds the lock
+        #[arg(long, conflicts_with = "dry_run")]
+        startup: bool,
     },
     /// Orphans, results older than max_age_hours, and lost database rows
     FullCleanup {
@@ -153,6 +156,24 @@ pub(crate) enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Revoke tasks durably, so guarded workers skip them (also ones started later)
+    Revoke {
+        /// Task ids to revoke
+        #[arg(value_name = "TASK_ID", required_unless_present = "owners")]
+        task_ids: Vec<String>,
+        /// Revoke every task of this owner row (repeatable)
+        #[arg(long = "owner", value_name = "TABLE:ID", value_parser = parse_owner)]
+        owners: Vec<(String, String)>,
+        /// Lift these revocations instead
+        #[arg(long)]
+        undo: bool,
+        /// Take over a run lock that is stale (its holder ran on this host and is gone, or it never expires)
+        #[arg(long)]
+        take_over_lock: bool,
+        /// Machine-readable output
+        #[arg(long)]
+        json: bool,
+    },
     /// Write a commented starter config file
     Init {
         /// Where to write it
@@ -170,10 +191,21 @@ impl Command {
         match self {
             Command::Status { json, .. }
             | Command::Tasks { json, .. }
-            | Command::Restore { json, .. } => *json,
-            Command::CleanupOrphaned { opts } | Command::FullCleanup { opts, .. } => opts.json,
+            | Command::Restore { json, .. }
+            | Command::Revoke { json, .. } => *json,
+            Command::CleanupOrphaned { opts, .. } | Command::FullCleanup { opts, .. } => opts.json,
             Command::Init { .. } => false,
         }
+    }
+}
+
+/// `TABLE:ID`, split at the first `:` (a table name has none; an id may).
+fn parse_owner(text: &str) -> Result<(String, String), String> {
+    match text.split_once(':') {
+        Some((table, id)) if !table.is_empty() && !id.is_empty() => {
+            Ok((table.to_owned(), id.to_owned()))
+        }
+        _ => Err(format!("{text:?}: expected TABLE:ID")),
     }
 }
 
@@ -209,7 +241,7 @@ mod tests {
     fn number_flags(cli: &Cli) -> Flags {
         let (grace_seconds, max_age_hours) = match &cli.command {
             Command::Status { grace, .. } | Command::Tasks { grace, .. } => (*grace, None),
-            Command::CleanupOrphaned { opts } => (opts.grace, None),
+            Command::CleanupOrphaned { opts, .. } => (opts.grace, None),
             Command::FullCleanup {
                 opts,
                 max_age_hours,

@@ -5,8 +5,8 @@ use std::io::Write;
 use anyhow::{Context, Result};
 use janitor_config::{Flags, Settings};
 use janitor_engine::{
-    Cancel, CleanupOptions, Janitor, ListOptions, PlanOptions, ReadOptions, RestoreOptions, RunCtx,
-    State,
+    Cancel, CleanupOptions, Janitor, ListOptions, PlanOptions, ReadOptions, RestoreOptions,
+    RevokeOptions, RunCtx, State,
 };
 
 use crate::cli::{Cli, Command};
@@ -43,7 +43,7 @@ pub(crate) fn run(cli: Cli, inv: Invocation<'_>) -> Result<Code> {
         Command::Status { grace, .. } | Command::Tasks { grace, .. } => {
             flags.grace_seconds = *grace
         }
-        Command::CleanupOrphaned { opts } => flags.grace_seconds = opts.grace,
+        Command::CleanupOrphaned { opts, .. } => flags.grace_seconds = opts.grace,
         Command::FullCleanup {
             opts,
             max_age_hours,
@@ -110,6 +110,7 @@ fn command_name(c: &Command) -> &'static str {
         Command::CleanupOrphaned { .. } => "cleanup-orphaned",
         Command::FullCleanup { .. } => "full-cleanup",
         Command::Restore { .. } => "restore",
+        Command::Revoke { .. } => "revoke",
         Command::Init { .. } => "init",
     }
 }
@@ -182,7 +183,12 @@ async fn dispatch(
                 output::tasks(out, &listed.rows, json)?;
             }
         }
-        Command::CleanupOrphaned { opts } => {
+        Command::CleanupOrphaned { opts, startup } => {
+            if startup {
+                if let Some(reason) = janitor.startup_skip_reason().await? {
+                    return startup_skipped(out, &reason, opts.json);
+                }
+            }
             let bar = Bar::new(!opts.json && !quiet);
             let options = CleanupOptions {
                 plan: PlanOptions {
@@ -193,7 +199,13 @@ async fn dispatch(
                 take_over_lock: opts.take_over_lock,
             };
             let cx = RunCtx::new(&bar, cleaning());
-            let report = janitor.cleanup(&options, &cx).await?.orphans;
+            let report = match janitor.cleanup(&options, &cx).await {
+                // Another node's start-up cleanup took the lock first.
+                Err(e @ janitor_engine::EngineError::Busy { .. }) if startup => {
+                    return startup_skipped(out, &e.to_string(), opts.json);
+                }
+                other => other?.orphans,
+            };
             tracing::info!(run_id = %report.run_id, removed = report.removed.total(), "cleanup-orphaned done");
             output::cleanup(out, &report, opts.json)?;
         }
@@ -237,7 +249,40 @@ async fn dispatch(
             let cx = RunCtx::new(&bar, reading());
             return restore(out, &janitor, &options, json, &cx).await;
         }
+        Command::Revoke {
+            task_ids,
+            owners,
+            undo,
+            take_over_lock,
+            json,
+        } => {
+            let options = RevokeOptions {
+                task_ids,
+                owners,
+                undo,
+                // The revocation names the janitor's actor (`--actor`, else the OS user).
+                actor: None,
+                take_over_lock,
+            };
+            let bar = Bar::new(!json && !quiet);
+            let report = janitor
+                .revoke(&options, &RunCtx::new(&bar, cleaning()))
+                .await?;
+            tracing::info!(undo, keys = report.keys, "revoke done");
+            output::revoke(out, &report, json)?;
+        }
         Command::Init { .. } => unreachable!("handled before connecting"),
+    }
+    Ok(Code::Success)
+}
+
+/// `cleanup-orphaned --startup` that does not run: exit 0, saying why.
+fn startup_skipped(out: &mut dyn Write, reason: &str, json: bool) -> Result<Code> {
+    tracing::info!(reason, "start-up cleanup skipped");
+    if json {
+        writeln!(out, "{}", serde_json::json!({ "startup_skipped": reason }))?;
+    } else {
+        writeln!(out, "Start-up cleanup skipped: {reason}.")?;
     }
     Ok(Code::Success)
 }

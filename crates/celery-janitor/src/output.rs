@@ -379,6 +379,57 @@ fn entries(n: u64) -> String {
     format!("{n} entr{}", if n == 1 { "y" } else { "ies" })
 }
 
+/// The human report of `revoke`.
+pub(crate) fn revoke(
+    out: &mut dyn Write,
+    r: &janitor_engine::DurableRevokeReport,
+    json: bool,
+) -> Result<()> {
+    if json {
+        return print_json(out, r);
+    }
+    let targets: Vec<String> = r
+        .task_ids
+        .iter()
+        .cloned()
+        .chain(r.owners.iter().map(|o| format!("{}:{}", o.table, o.id)))
+        .collect();
+    if r.undo {
+        writeln!(
+            out,
+            "Lifted {} of {} revocation(s): {}",
+            r.keys,
+            targets.len(),
+            targets.join(", ")
+        )?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "Revoked {} for {} days: {}",
+        targets.len(),
+        r.ttl_days.unwrap_or_default(),
+        targets.join(", ")
+    )?;
+    if let Some(b) = &r.broadcast {
+        writeln!(
+            out,
+            "Celery revoke broadcast for {} task id(s), heard by {} worker(s)",
+            b.task_ids, b.heard_by
+        )?;
+    }
+    match (&r.removal, &r.removal_skipped) {
+        (Some(c), _) => writeln!(
+            out,
+            "Removed {} queued, {} unacked (archived {}); run {}",
+            c.removed.queue, c.removed.unacked, c.archived, c.run_id
+        )?,
+        (None, Some(why)) => writeln!(out, "Removal of queued copies skipped: {why}")?,
+        (None, None) => {}
+    }
+    Ok(())
+}
+
 /// The human report of `restore`. Missing entries and warnings go to standard error (see
 /// `commands.rs`).
 pub(crate) fn restore(out: &mut dyn Write, r: &RestoreReport, json: bool) -> Result<()> {

@@ -8,11 +8,13 @@ use serde::de::{self, Deserialize, Visitor};
 
 use crate::owners::OwnerRuleFile;
 use crate::{
-    ArchiveSection, CleanupSection, DatabaseSection, FileConfig, LoggingSection, RedisSection,
+    ArchiveSection, CleanupSection, DatabaseSection, FileConfig, GuardSection, LoggingSection,
+    RedisSection, RevokeSection,
 };
 
 /// Every key the config file accepts, by section, in the order they are declared: the
-/// `[redis]`, `[database]`, `[cleanup]`, `[logging]` and `[archive]` tables and the keys of each
+/// `[redis]`, `[database]`, `[cleanup]`, `[logging]`, `[archive]`, `[guard]` and `[revoke]`
+/// tables and the keys of each
 /// `[[owners]]` table.
 pub fn file_keys() -> Vec<(&'static str, &'static [&'static str])> {
     fields_of::<FileConfig>()
@@ -24,6 +26,8 @@ pub fn file_keys() -> Vec<(&'static str, &'static [&'static str])> {
                 "cleanup" => fields_of::<CleanupSection>(),
                 "logging" => fields_of::<LoggingSection>(),
                 "archive" => fields_of::<ArchiveSection>(),
+                "guard" => fields_of::<GuardSection>(),
+                "revoke" => fields_of::<RevokeSection>(),
                 "owners" => fields_of::<OwnerRuleFile>(),
                 other => panic!("FileConfig has a section `{other}` that file_keys() lacks"),
             };
@@ -94,7 +98,7 @@ mod tests {
         let keys = file_keys();
         assert_eq!(
             keys.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
-            ["redis", "database", "cleanup", "logging", "archive", "owners"]
+            ["redis", "database", "cleanup", "logging", "archive", "guard", "revoke", "owners"]
         );
         for (section, fields) in &keys {
             assert!(!fields.is_empty(), "{section}");

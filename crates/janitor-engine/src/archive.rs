@@ -324,6 +324,11 @@ impl AuditLog {
         *self.actor.write().unwrap_or_else(|e| e.into_inner()) = actor;
     }
 
+    /// Who later events are done for.
+    pub(crate) fn actor(&self) -> String {
+        self.actor.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// Writes one audit event (a JSON object; `ts` is added).
     pub(crate) fn event(&self, mut event: Value) -> Result<()> {
         if let Value::Object(map) = &mut event {

@@ -50,6 +50,15 @@ pub(crate) enum AuditEvent<'a> {
         key: String,
         task_id: Option<&'a str>,
     },
+    /// Durable revocations written (or, with `undo`, lifted) by `revoke`.
+    /// (Its `actor` is the line's own, as on every line.)
+    Revoke {
+        undo: bool,
+        task_ids: &'a [String],
+        owners: &'a [crate::revoke::OwnerRef],
+        /// The run that removed their queued copies, if it ran.
+        run_id: Option<&'a str>,
+    },
 }
 
 /// The archive file and the audit log, written on tokio's blocking pool: a disk write or an
