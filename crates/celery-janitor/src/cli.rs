@@ -4,6 +4,27 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use janitor_engine::{Location, State};
+
+/// `--state`: live, orphaned, unowned or undecidable.
+fn parse_state(text: &str) -> Result<State, String> {
+    State::ALL
+        .into_iter()
+        .find(|s| s.as_str() == text)
+        .ok_or_else(|| one_of(State::ALL.map(State::as_str)))
+}
+
+/// `--location`: queue, unacked or result.
+fn parse_location(text: &str) -> Result<Location, String> {
+    Location::ALL
+        .into_iter()
+        .find(|l| l.as_str() == text)
+        .ok_or_else(|| one_of(Location::ALL.map(Location::as_str)))
+}
+
+fn one_of<const N: usize>(names: [&str; N]) -> String {
+    format!("expected one of: {}", names.join(", "))
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -43,6 +64,9 @@ pub(crate) struct Global {
     /// Directory for archive files of removed entries [default: archive]
     #[arg(long, global = true, value_name = "DIR")]
     pub archive_dir: Option<PathBuf>,
+    /// Who the changes are done for, recorded as `actor` in the audit log [default: the OS user]
+    #[arg(long, global = true, value_name = "NAME")]
+    pub actor: Option<String>,
     /// Print less: no progress bar
     #[arg(short, long, global = true)]
     pub quiet: bool,
@@ -76,11 +100,29 @@ pub(crate) enum Command {
         /// Seconds an orphan's row must stay missing to count, 0-86400 [env: CELERY_JANITOR_GRACE_SECONDS; default: 10]
         #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
         grace: Option<f64>,
+        /// Only entries in this state (repeatable)
+        #[arg(long = "state", value_name = "STATE", value_parser = parse_state)]
+        states: Vec<State>,
+        /// Only entries in this location (repeatable)
+        #[arg(long = "location", value_name = "LOC", value_parser = parse_location)]
+        locations: Vec<Location>,
+        /// Only entries of this queue: queued in it, or unacked from it
+        #[arg(long, value_name = "NAME")]
+        queue: Option<String>,
+        /// Print one page: with --json, {"items": [...], "next_cursor": ...}
+        #[arg(long)]
+        page: bool,
+        /// Start where a page of the same listing ended (its next_cursor)
+        #[arg(long, value_name = "CURSOR", requires = "page")]
+        cursor: Option<String>,
     },
     /// Remove confirmed orphans from queues, unacked and results
     CleanupOrphaned {
         #[command(flatten)]
         opts: CleanupArgs,
+        /// Worker start-up cleanup: exit 0 without a run when cleanup_on_startup is false, a cleanup completed less than startup_min_interval ago, or another run holds the lock
+        #[arg(long, conflicts_with = "dry_run")]
+        startup: bool,
     },
     /// Orphans, results older than max_age_hours, and lost database rows
     FullCleanup {
@@ -107,6 +149,24 @@ pub(crate) enum Command {
         /// Show what would be restored, change nothing
         #[arg(long)]
         dry_run: bool,
+        /// Take over a run lock that is stale (its holder ran on this host and is gone, or it never expires)
+        #[arg(long)]
+        take_over_lock: bool,
+        /// Machine-readable output
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke tasks durably, so guarded workers skip them (also ones started later)
+    Revoke {
+        /// Task ids to revoke
+        #[arg(value_name = "TASK_ID", required_unless_present = "owners")]
+        task_ids: Vec<String>,
+        /// Revoke every task of this owner row (repeatable)
+        #[arg(long = "owner", value_name = "TABLE:ID", value_parser = parse_owner)]
+        owners: Vec<(String, String)>,
+        /// Lift these revocations instead
+        #[arg(long)]
+        undo: bool,
         /// Take over a run lock that is stale (its holder ran on this host and is gone, or it never expires)
         #[arg(long)]
         take_over_lock: bool,
@@ -159,6 +219,30 @@ pub(crate) enum TokenRole {
     Viewer,
 }
 
+impl Command {
+    /// Whether the command was given `--json` (`init`, `serve` and `token` have no such flag).
+    pub(crate) fn json(&self) -> bool {
+        match self {
+            Command::Status { json, .. }
+            | Command::Tasks { json, .. }
+            | Command::Restore { json, .. }
+            | Command::Revoke { json, .. } => *json,
+            Command::CleanupOrphaned { opts, .. } | Command::FullCleanup { opts, .. } => opts.json,
+            Command::Init { .. } | Command::Serve { .. } | Command::Token { .. } => false,
+        }
+    }
+}
+
+/// `TABLE:ID`, split at the first `:` (a table name has none; an id may).
+fn parse_owner(text: &str) -> Result<(String, String), String> {
+    match text.split_once(':') {
+        Some((table, id)) if !table.is_empty() && !id.is_empty() => {
+            Ok((table.to_owned(), id.to_owned()))
+        }
+        _ => Err(format!("{text:?}: expected TABLE:ID")),
+    }
+}
+
 #[derive(Debug, Args)]
 pub(crate) struct CleanupArgs {
     /// Show what would be removed, change nothing
@@ -191,7 +275,7 @@ mod tests {
     fn number_flags(cli: &Cli) -> Flags {
         let (grace_seconds, max_age_hours) = match &cli.command {
             Command::Status { grace, .. } | Command::Tasks { grace, .. } => (*grace, None),
-            Command::CleanupOrphaned { opts } => (opts.grace, None),
+            Command::CleanupOrphaned { opts, .. } => (opts.grace, None),
             Command::FullCleanup {
                 opts,
                 max_age_hours,

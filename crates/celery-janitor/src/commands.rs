@@ -1,24 +1,37 @@
-//! Runs one command: resolve settings, connect, call the engine, print.
+//! Runs one command: resolve settings, connect, call the engine, print to the caller's writer.
+
+use std::io::Write;
 
 use anyhow::{Context, Result};
 use janitor_config::{Flags, Settings};
 use janitor_engine::{
-    Cancel, CleanupOptions, Janitor, ListOptions, PlanOptions, ReadOptions, RestoreOptions, RunCtx,
-    State,
+    Cancel, CleanupOptions, Janitor, ListOptions, PlanOptions, ReadOptions, RestoreOptions,
+    RevokeOptions, RunCtx, State,
 };
 
 use crate::cli::{Cli, Command};
 use crate::exit::Code;
 use crate::output;
 use crate::progress::Bar;
+use crate::Host;
 
-pub(crate) fn run(cli: Cli) -> Result<Code> {
+/// Where a command runs and what may stop it.
+pub(crate) struct Invocation<'a> {
+    pub host: Host,
+    /// Stops the run at its next safe point when cancelled. `None`: in a [`Host::Process`],
+    /// Ctrl-C and SIGTERM stop a cleanup (see [`cancel_on_signals`]); embedded, nothing does.
+    pub cancel: Option<Cancel>,
+    /// Where the report goes (standard output, or a buffer for `run_json`).
+    pub out: &'a mut dyn Write,
+}
+
+pub(crate) fn run(cli: Cli, inv: Invocation<'_>) -> Result<Code> {
     let Cli { global, command } = cli;
     if let Command::Init { path, force } = &command {
-        return init(path, *force);
+        return init(inv.out, path, *force);
     }
     if let Command::Token { name, role, .. } = &command {
-        return token_new(name, *role);
+        return token_new(inv.out, name, *role);
     }
     let mut flags = Flags {
         config: global.config.clone(),
@@ -33,7 +46,7 @@ pub(crate) fn run(cli: Cli) -> Result<Code> {
         Command::Status { grace, .. } | Command::Tasks { grace, .. } => {
             flags.grace_seconds = *grace
         }
-        Command::CleanupOrphaned { opts } => flags.grace_seconds = opts.grace,
+        Command::CleanupOrphaned { opts, .. } => flags.grace_seconds = opts.grace,
         Command::FullCleanup {
             opts,
             max_age_hours,
@@ -46,12 +59,10 @@ pub(crate) fn run(cli: Cli) -> Result<Code> {
     let get_env = |k: &str| std::env::var(k).ok();
     let discovery = janitor_config::Discovery::standard(&get_env);
     let settings = janitor_config::resolve_with(&flags, &get_env, &discovery)?;
-    let _ = SECRETS.set(
+    remember_secrets(
         [&settings.broker_url, &settings.backend_url]
             .into_iter()
-            .chain(settings.database_url.as_ref())
-            .cloned()
-            .collect(),
+            .chain(settings.database_url.as_ref()),
     );
     crate::logging::init(&settings.app_log, global.verbose);
     tracing::info!(
@@ -67,25 +78,35 @@ pub(crate) fn run(cli: Cli) -> Result<Code> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let quiet = global.quiet;
+    let (quiet, actor) = (global.quiet, global.actor);
     if let Command::Serve {
         bind,
         insecure_no_auth,
     } = command
     {
-        return runtime.block_on(serve(settings, bind, insecure_no_auth));
+        return runtime.block_on(serve(settings, bind, insecure_no_auth, actor, inv.host));
     }
-    runtime.block_on(async move { dispatch(settings, command, quiet).await })
+    runtime.block_on(async move { dispatch(settings, command, quiet, actor, inv).await })
 }
 
 /// `serve`: the server's start-up refusals are configuration errors (exit 2); the engine's
-/// errors keep their codes.
+/// errors keep their codes. It runs in a process of its own only: it answers until SIGINT or
+/// SIGTERM.
 async fn serve(
     settings: Settings,
     bind: Option<std::net::SocketAddr>,
     insecure_no_auth: bool,
+    actor: Option<String>,
+    host: Host,
 ) -> Result<Code> {
-    match janitor_server::serve(settings, bind, insecure_no_auth).await {
+    if host == Host::Embedded {
+        anyhow::bail!(janitor_config::ConfigError::Invalid {
+            key: "serve".into(),
+            message: "the server runs in a process of its own: run the celery-janitor command"
+                .into(),
+        });
+    }
+    match janitor_server::serve(settings, bind, insecure_no_auth, actor).await {
         Ok(()) => Ok(Code::Success),
         Err(janitor_server::ServeError::Startup(e)) => {
             eprintln!("celery-janitor: error: {}", scrub(&e.to_string()));
@@ -96,8 +117,8 @@ async fn serve(
     }
 }
 
-/// `token new`: the token once on standard output, then the table to paste.
-fn token_new(name: &str, role: crate::cli::TokenRole) -> Result<Code> {
+/// `token new`: the token once, then the table to paste, on `out`; the advice on standard error.
+fn token_new(out: &mut dyn Write, name: &str, role: crate::cli::TokenRole) -> Result<Code> {
     let role = match role {
         crate::cli::TokenRole::Admin => janitor_config::ApiRole::Admin,
         crate::cli::TokenRole::Viewer => janitor_config::ApiRole::Viewer,
@@ -109,24 +130,36 @@ fn token_new(name: &str, role: crate::cli::TokenRole) -> Result<Code> {
             return Ok(Code::Config);
         }
     };
-    println!("{}", new.token);
+    writeln!(out, "{}", new.token)?;
+    out.flush()?;
     eprintln!();
     eprintln!("Keep the token above: it is shown only this once. Add this to the config file:");
     eprintln!();
-    print!("{}", new.toml);
+    write!(out, "{}", new.toml)?;
     Ok(Code::Success)
 }
 
-/// The URLs of the resolved settings, so the last error line can be scrubbed of their secrets
-/// whatever layer wrote it (see `main`).
-static SECRETS: std::sync::OnceLock<Vec<janitor_config::SecretUrl>> = std::sync::OnceLock::new();
+/// The URLs of every settings resolved in this process (one for the binary; one per call for an
+/// embedding host, whose calls may name other configs), so the last error line can be scrubbed
+/// of their secrets whatever layer wrote it (see `main_with_args` and `run_json`).
+static SECRETS: std::sync::Mutex<Vec<janitor_config::SecretUrl>> =
+    std::sync::Mutex::new(Vec::new());
+
+fn remember_secrets<'a>(urls: impl Iterator<Item = &'a janitor_config::SecretUrl>) {
+    let mut known = SECRETS.lock().unwrap_or_else(|e| e.into_inner());
+    for url in urls {
+        if !known.contains(url) {
+            known.push(url.clone());
+        }
+    }
+}
 
 /// `text` with every configured URL shown redacted and its password, in any spelling, as `****`.
 pub(crate) fn scrub(text: &str) -> String {
     SECRETS
-        .get()
-        .into_iter()
-        .flatten()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
         .fold(text.to_owned(), |text, url| url.scrub(&text))
 }
 
@@ -137,44 +170,87 @@ fn command_name(c: &Command) -> &'static str {
         Command::CleanupOrphaned { .. } => "cleanup-orphaned",
         Command::FullCleanup { .. } => "full-cleanup",
         Command::Restore { .. } => "restore",
+        Command::Revoke { .. } => "revoke",
         Command::Init { .. } => "init",
         Command::Serve { .. } => "serve",
         Command::Token { .. } => "token",
     }
 }
 
-async fn dispatch(settings: Settings, command: Command, quiet: bool) -> Result<Code> {
+async fn dispatch(
+    settings: Settings,
+    command: Command,
+    quiet: bool,
+    actor: Option<String>,
+    inv: Invocation<'_>,
+) -> Result<Code> {
+    let Invocation { host, cancel, out } = inv;
+    // Read-only commands: Ctrl-C keeps its default meaning in a process (a listing changes
+    // nothing, so it just quits); an embedding host may still cancel them.
+    let reading = || cancel.clone().unwrap_or_default();
+    // Cleanups stop between batches when asked.
+    let cleaning = || match (&cancel, host) {
+        (Some(c), _) => c.clone(),
+        (None, Host::Process) => cancel_on_signals(),
+        (None, Host::Embedded) => Cancel::new(),
+    };
+    // A cursor that is no cursor at all is refused before connecting to anything.
+    if let Command::Tasks {
+        cursor: Some(cursor),
+        ..
+    } = &command
+    {
+        cursor.parse::<janitor_engine::Cursor>()?;
+    }
     let janitor = Janitor::connect(settings).await?;
+    if let Some(actor) = actor {
+        janitor.set_actor(actor);
+    }
     match command {
         Command::Status { json, .. } => {
             let bar = Bar::new(!json && !quiet);
-            let cx = RunCtx::new(&bar, Cancel::new());
+            let cx = RunCtx::new(&bar, reading());
             let report = janitor.status(&ReadOptions::default(), &cx).await?;
-            output::status(&report, janitor.settings(), json)?;
+            output::status(out, &report, janitor.settings(), json)?;
         }
         Command::Tasks {
             orphaned,
+            mut states,
+            locations,
+            queue,
             json,
             limit,
+            page,
+            cursor,
             ..
         } => {
             let bar = Bar::new(!json && !quiet);
+            if orphaned && !states.contains(&State::Orphaned) {
+                states.push(State::Orphaned);
+            }
             let options = ListOptions {
-                states: if orphaned {
-                    vec![State::Orphaned]
-                } else {
-                    Vec::new()
-                },
+                states,
+                locations,
+                queue,
                 limit,
+                cursor: cursor.as_deref().map(str::parse).transpose()?,
                 ..Default::default()
             };
-            // Ctrl-C keeps its default meaning here: a listing changes nothing, so it just quits.
-            let page = janitor
-                .list(&options, &RunCtx::new(&bar, Cancel::new()))
+            let listed = janitor
+                .list(&options, &RunCtx::new(&bar, reading()))
                 .await?;
-            output::tasks(&page.rows, json)?;
+            if page {
+                output::tasks_page(out, &listed, json)?;
+            } else {
+                output::tasks(out, &listed.rows, json)?;
+            }
         }
-        Command::CleanupOrphaned { opts } => {
+        Command::CleanupOrphaned { opts, startup } => {
+            if startup {
+                if let Some(reason) = janitor.startup_skip_reason().await? {
+                    return startup_skipped(out, &reason, opts.json);
+                }
+            }
             let bar = Bar::new(!opts.json && !quiet);
             let options = CleanupOptions {
                 plan: PlanOptions {
@@ -184,10 +260,16 @@ async fn dispatch(settings: Settings, command: Command, quiet: bool) -> Result<C
                 dry_run: opts.dry_run,
                 take_over_lock: opts.take_over_lock,
             };
-            let cx = RunCtx::new(&bar, cancel_on_signals());
-            let report = janitor.cleanup(&options, &cx).await?.orphans;
+            let cx = RunCtx::new(&bar, cleaning());
+            let report = match janitor.cleanup(&options, &cx).await {
+                // Another node's start-up cleanup took the lock first.
+                Err(e @ janitor_engine::EngineError::Busy { .. }) if startup => {
+                    return startup_skipped(out, &e.to_string(), opts.json);
+                }
+                other => other?.orphans,
+            };
             tracing::info!(run_id = %report.run_id, removed = report.removed.total(), "cleanup-orphaned done");
-            output::cleanup(&report, opts.json)?;
+            output::cleanup(out, &report, opts.json)?;
         }
         Command::FullCleanup {
             opts,
@@ -203,10 +285,10 @@ async fn dispatch(settings: Settings, command: Command, quiet: bool) -> Result<C
                 dry_run: opts.dry_run,
                 take_over_lock: opts.take_over_lock,
             };
-            let cx = RunCtx::new(&bar, cancel_on_signals());
+            let cx = RunCtx::new(&bar, cleaning());
             let report = janitor.cleanup(&options, &cx).await?;
             tracing::info!(run_id = %report.run_id, "full-cleanup done");
-            output::full_cleanup(&report, opts.json)?;
+            output::full_cleanup(out, &report, opts.json)?;
         }
         Command::Restore {
             run,
@@ -225,7 +307,31 @@ async fn dispatch(settings: Settings, command: Command, quiet: bool) -> Result<C
                 dry_run,
                 take_over_lock,
             };
-            return restore(&janitor, &options, json, quiet).await;
+            let bar = Bar::new(!json && !quiet);
+            let cx = RunCtx::new(&bar, reading());
+            return restore(out, &janitor, &options, json, &cx).await;
+        }
+        Command::Revoke {
+            task_ids,
+            owners,
+            undo,
+            take_over_lock,
+            json,
+        } => {
+            let options = RevokeOptions {
+                task_ids,
+                owners,
+                undo,
+                // The revocation names the janitor's actor (`--actor`, else the OS user).
+                actor: None,
+                take_over_lock,
+            };
+            let bar = Bar::new(!json && !quiet);
+            let report = janitor
+                .revoke(&options, &RunCtx::new(&bar, cleaning()))
+                .await?;
+            tracing::info!(undo, keys = report.keys, "revoke done");
+            output::revoke(out, &report, json)?;
         }
         Command::Init { .. } | Command::Serve { .. } | Command::Token { .. } => {
             unreachable!("handled before connecting")
@@ -234,18 +340,27 @@ async fn dispatch(settings: Settings, command: Command, quiet: bool) -> Result<C
     Ok(Code::Success)
 }
 
+/// `cleanup-orphaned --startup` that does not run: exit 0, saying why.
+fn startup_skipped(out: &mut dyn Write, reason: &str, json: bool) -> Result<Code> {
+    tracing::info!(reason, "start-up cleanup skipped");
+    if json {
+        writeln!(out, "{}", serde_json::json!({ "startup_skipped": reason }))?;
+    } else {
+        writeln!(out, "Start-up cleanup skipped: {reason}.")?;
+    }
+    Ok(Code::Success)
+}
+
 /// `restore`: exits 1 when some archived entries could not be restored from here.
 async fn restore(
+    out: &mut dyn Write,
     janitor: &Janitor,
     options: &RestoreOptions,
     json: bool,
-    quiet: bool,
+    cx: &RunCtx<'_>,
 ) -> Result<Code> {
-    let bar = Bar::new(!json && !quiet);
-    let report = janitor
-        .restore(options, &RunCtx::new(&bar, Cancel::new()))
-        .await?;
-    output::restore(&report, json)?;
+    let report = janitor.restore(options, cx).await?;
+    output::restore(out, &report, json)?;
     for warning in &report.warnings {
         eprintln!("celery-janitor: warning: {warning}");
     }
@@ -267,7 +382,8 @@ async fn restore(
 
 /// Ctrl-C or SIGTERM during a cleanup: the first asks the run to stop at its next safe point
 /// (between batches; it then writes its audit event and run record and releases the lock); a
-/// second quits at once, leaving the lock to expire by itself.
+/// second quits at once, leaving the lock to expire by itself. Only for a [`Host::Process`]: the
+/// handlers are process-wide and outlive the command.
 fn cancel_on_signals() -> Cancel {
     let cancel = Cancel::new();
     let asked = cancel.clone();
@@ -300,7 +416,7 @@ fn cancel_on_signals() -> Cancel {
     cancel
 }
 
-fn init(path: &std::path::Path, force: bool) -> Result<Code> {
+fn init(out: &mut dyn Write, path: &std::path::Path, force: bool) -> Result<Code> {
     if path.exists() && !force {
         eprintln!(
             "celery-janitor: error: {} already exists (use --force to overwrite)",
@@ -311,16 +427,20 @@ fn init(path: &std::path::Path, force: bool) -> Result<Code> {
     // 0600 in directories created 0700: the config holds database and Redis passwords.
     janitor_engine::write_private_file(path, janitor_config::STARTER_CONFIG.as_bytes(), force)
         .with_context(|| format!("cannot write {}", path.display()))?;
-    println!("Wrote {}.", path.display());
-    println!("Edit its [redis], [database] and [[owners]] sections, then run:");
+    writeln!(out, "Wrote {}.", path.display())?;
+    writeln!(
+        out,
+        "Edit its [redis], [database] and [[owners]] sections, then run:"
+    )?;
     if path == std::path::Path::new(janitor_config::DEFAULT_CONFIG_FILE) {
         // Found from this directory without being named (see `Discovery`).
-        println!("  celery-janitor status");
+        writeln!(out, "  celery-janitor status")?;
     } else {
-        println!(
+        writeln!(
+            out,
             "  CELERY_JANITOR_CONFIG={} celery-janitor status",
             path.display()
-        );
+        )?;
     }
     Ok(Code::Success)
 }
@@ -330,7 +450,7 @@ mod scrub_tests {
     #[test]
     fn the_last_error_line_loses_configured_passwords() {
         let url = janitor_config::SecretUrl::parse_redis("redis://:s3cr%2Ft@cache:6379/0").unwrap();
-        let _ = super::SECRETS.set(vec![url]);
+        super::remember_secrets([&url].into_iter());
         let line =
             super::scrub("cannot reach redis://:s3cr%2Ft@cache:6379/0: password s3cr/t refused");
         assert!(!line.contains("s3cr"), "{line}");

@@ -78,12 +78,41 @@ impl Code {
             return Code::DatabaseUnavailable;
         }
         match err.root() {
-            EngineError::NoDatabase | EngineError::InvalidOption(_) => Code::Config,
+            EngineError::NoDatabase
+            | EngineError::InvalidOption(_)
+            | EngineError::BadCursor { .. } => Code::Config,
             EngineError::Busy { .. } => Code::Busy,
             EngineError::Interrupted => Code::Interrupted,
             _ => Code::Failure,
         }
     }
+}
+
+impl Code {
+    /// The kind of failure an exit code means, for callers that match on names (the Python
+    /// package's `JanitorError.kind`); [`kind`] refines it from the error itself.
+    pub(crate) fn kind(self) -> &'static str {
+        match self {
+            Code::Success | Code::Failure => "failed",
+            Code::Config => "config",
+            Code::RedisUnavailable => "redis_unreachable",
+            Code::DatabaseUnavailable => "database_unreachable",
+            Code::Busy => "busy",
+            Code::Interrupted => "interrupted",
+        }
+    }
+}
+
+/// The kind of a failed command's error, from its type (never its text): one of `config`,
+/// `bad_cursor`, `redis_unreachable`, `database_unreachable`, `busy`, `interrupted`, `failed`
+/// (`usage` is a command line clap refused, decided before any error of this kind exists).
+pub(crate) fn kind(err: &anyhow::Error) -> &'static str {
+    if let Some(EngineError::BadCursor { .. }) =
+        err.downcast_ref::<EngineError>().map(EngineError::root)
+    {
+        return "bad_cursor";
+    }
+    Code::of(err).kind()
 }
 
 /// The error and its causes on one line.

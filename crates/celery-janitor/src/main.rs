@@ -1,34 +1,7 @@
-//! The `celery-janitor` binary: parses the command line, resolves settings, runs one command
-//! and turns its outcome into a named exit code. All logic lives in the library crates.
+//! The `celery-janitor` binary: the CLI of the library crate, run as this process.
 
-mod cli;
-mod commands;
-mod exit;
-mod logging;
-mod output;
-mod progress;
-
-use std::process::ExitCode;
-
-use clap::Parser;
-
-fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
-    let code = match commands::run(cli) {
-        Ok(code) => code,
-        Err(err) => {
-            let code = exit::Code::of(&err);
-            // Every layer scrubs what it knows; this is the last net for a driver message that
-            // echoed a configured URL.
-            eprintln!(
-                "celery-janitor: error: {}",
-                commands::scrub(&exit::one_line(&err))
-            );
-            if let Some(hint) = exit::hint(&err) {
-                eprintln!("  hint: {hint}");
-            }
-            code
-        }
-    };
-    code.into()
+fn main() -> std::process::ExitCode {
+    let args = std::env::args_os().collect();
+    let code = celery_janitor::main_with_args(args, celery_janitor::Host::Process);
+    std::process::ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

@@ -5,13 +5,12 @@ use std::io::Write;
 use anyhow::Result;
 use janitor_config::Settings;
 use janitor_engine::{
-    CleanupReport, FullCleanupReport, RestoreReport, RestoreSource, StatusReport, TaskRow,
+    CleanupReport, FullCleanupReport, Page, RestoreReport, RestoreSource, StatusReport, TaskRow,
 };
 use serde::Serialize;
 
-fn print_json<T: Serialize>(value: &T) -> Result<()> {
-    let mut out = std::io::stdout().lock();
-    serde_json::to_writer_pretty(&mut out, value)?;
+fn print_json<T: Serialize>(out: &mut dyn Write, value: &T) -> Result<()> {
+    serde_json::to_writer_pretty(&mut *out, value)?;
     writeln!(out)?;
     Ok(())
 }
@@ -40,111 +39,136 @@ fn by_location(map: &std::collections::BTreeMap<&'static str, u64>) -> String {
         .join(", ")
 }
 
-pub(crate) fn status(r: &StatusReport, settings: &Settings, json: bool) -> Result<()> {
+pub(crate) fn status(
+    out: &mut dyn Write,
+    r: &StatusReport,
+    settings: &Settings,
+    json: bool,
+) -> Result<()> {
     if json {
-        return print_json(r);
+        return print_json(out, r);
     }
-    status_header(r, settings);
-    status_tasks(r, settings);
-    status_notes(r, settings);
+    status_header(out, r, settings)?;
+    status_tasks(out, r, settings)?;
+    status_notes(out, r, settings)?;
     Ok(())
 }
 
 /// The report's title, the config file used, and Redis.
-fn status_header(r: &StatusReport, settings: &Settings) {
-    println!(
+fn status_header(out: &mut dyn Write, r: &StatusReport, settings: &Settings) -> Result<()> {
+    writeln!(
+        out,
         "Cache status report ({})",
         chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC")
-    );
+    )?;
     match (&settings.config_path, settings.config_origin) {
-        (Some(path), Some(origin)) => {
-            println!("Config file: {} ({})", path.display(), origin.describe())
-        }
-        _ => println!("Config file: none (settings from flags and the environment)"),
+        (Some(path), Some(origin)) => writeln!(
+            out,
+            "Config file: {} ({})",
+            path.display(),
+            origin.describe()
+        )?,
+        _ => writeln!(
+            out,
+            "Config file: none (settings from flags and the environment)"
+        )?,
     }
-    println!();
-    println!("Redis");
-    println!(
+    writeln!(out)?;
+    writeln!(out, "Redis")?;
+    writeln!(
+        out,
         "  connection:          {}",
         if r.redis.connected {
             "connected"
         } else {
             "not connected"
         }
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "  memory used:         {}",
         human_bytes(r.redis.used_memory_bytes)
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "  client connections:  {}",
         r.redis
             .connected_clients
             .map_or("unknown".into(), |c| c.to_string())
-    );
-    println!();
+    )?;
+    writeln!(out)?;
+    Ok(())
 }
 
 /// Counts by state and location.
-fn status_tasks(r: &StatusReport, settings: &Settings) {
+fn status_tasks(out: &mut dyn Write, r: &StatusReport, settings: &Settings) -> Result<()> {
     let t = &r.tasks;
-    println!("Tasks");
-    println!(
+    writeln!(out, "Tasks")?;
+    writeln!(
+        out,
         "  Celery tasks in Redis: {:>6}   ({})",
         t.in_redis,
         by_location(&t.by_location)
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "  orphaned:              {:>6}   ({})",
         t.orphaned,
         by_location(&t.orphaned_by_location)
-    );
-    println!("  live:                  {:>6}", t.live);
-    println!(
+    )?;
+    writeln!(out, "  live:                  {:>6}", t.live)?;
+    writeln!(
+        out,
         "  unowned:               {:>6}   (no [[owners]] rule; never removed)",
         t.unowned
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "  undecidable:           {:>6}   (owner unreadable; never removed)",
         t.undecidable
-    );
+    )?;
     let tables: Vec<&str> = settings
         .owners
         .rules()
         .iter()
         .map(|r| r.table.as_str())
         .collect();
-    println!(
+    writeln!(
+        out,
         "  tasks in the database: {:>6}   ({})",
         t.in_database,
         tables.join(", ")
-    );
-    println!();
+    )?;
+    writeln!(out)?;
+    Ok(())
 }
 
 /// What to do about what the counts show.
-fn status_notes(r: &StatusReport, settings: &Settings) {
+fn status_notes(out: &mut dyn Write, r: &StatusReport, settings: &Settings) -> Result<()> {
     let t = &r.tasks;
     if t.orphaned > 0 {
-        println!(
+        writeln!(
+            out,
             "WARNING: found {} orphaned task{}; cleanup recommended: celery-janitor cleanup-orphaned (preview with --dry-run)",
             t.orphaned,
             if t.orphaned == 1 { "" } else { "s" }
-        );
+        )?;
     } else {
-        println!("No orphaned tasks.");
+        writeln!(out, "No orphaned tasks.")?;
     }
     if r.results.unnamed > 0 {
-        println!(
+        writeln!(
+            out,
             "NOTE: {} result key{} carry no task name, so their owner can't be checked. Set \
              result_extended=True in your Celery config (or claim_unnamed_results = true on the \
              owner whose id_from is \"task_id\").",
             r.results.unnamed,
             if r.results.unnamed == 1 { "" } else { "s" }
-        );
+        )?;
     }
     if r.results.groups + r.results.chords_in_progress > 0 {
-        println!(
+        writeln!(
+            out,
             "Groups: {} saved group result{}, {} chord{} in progress (never removed).",
             r.results.groups,
             if r.results.groups == 1 { "" } else { "s" },
@@ -154,10 +178,10 @@ fn status_notes(r: &StatusReport, settings: &Settings) {
             } else {
                 "s"
             }
-        );
+        )?;
     }
     if settings.owners.is_empty() {
-        println!("NOTE: no [[owners]] rules are configured: every task is unowned. See `celery-janitor init`.");
+        writeln!(out, "NOTE: no [[owners]] rules are configured: every task is unowned. See `celery-janitor init`.")?;
     }
     let wrong = &r.wrong_type_keys;
     if wrong.count > 0 {
@@ -172,24 +196,25 @@ fn status_notes(r: &StatusReport, settings: &Settings) {
         } else {
             ("keys", "hold", "they were")
         };
-        println!(
+        writeln!(
+            out,
             "WARNING: {} {noun} where Celery keeps its data {verb} another type, so {them} skipped (e.g. {}). Something other than Celery wrote {}.",
             wrong.count,
             examples.join("; "),
             if wrong.count == 1 { "it" } else { "them" }
-        );
+        )?;
     }
+    Ok(())
 }
 
-pub(crate) fn tasks(rows: &[TaskRow], json: bool) -> Result<()> {
+pub(crate) fn tasks(out: &mut dyn Write, rows: &[TaskRow], json: bool) -> Result<()> {
     if json {
-        return print_json(&rows);
+        return print_json(out, &rows);
     }
     if rows.is_empty() {
-        println!("No tasks.");
+        writeln!(out, "No tasks.")?;
         return Ok(());
     }
-    let mut out = std::io::stdout().lock();
     writeln!(
         out,
         "{:<12} {:<8} {:<14} {:<38} {:<32} OWNER",
@@ -225,91 +250,128 @@ pub(crate) fn tasks(rows: &[TaskRow], json: bool) -> Result<()> {
     Ok(())
 }
 
-fn cleanup_lines(r: &CleanupReport) {
+/// `tasks --page`: with `--json`, `{"items": [...], "next_cursor": ...}`; else the table and,
+/// when more rows follow, the cursor of the next page.
+pub(crate) fn tasks_page(out: &mut dyn Write, page: &Page<TaskRow>, json: bool) -> Result<()> {
+    if json {
+        #[derive(Serialize)]
+        struct Json<'a> {
+            items: &'a [TaskRow],
+            next_cursor: Option<String>,
+        }
+        let next_cursor = page.next_cursor.as_ref().map(ToString::to_string);
+        return print_json(
+            out,
+            &Json {
+                items: &page.rows,
+                next_cursor,
+            },
+        );
+    }
+    tasks(out, &page.rows, false)?;
+    if let Some(cursor) = &page.next_cursor {
+        writeln!(out, "Next page: --cursor {cursor}")?;
+    }
+    Ok(())
+}
+
+fn cleanup_lines(out: &mut dyn Write, r: &CleanupReport) -> Result<()> {
     let verb = if r.dry_run { "would remove" } else { "removed" };
-    println!(
+    writeln!(
+        out,
         "Orphans: found {} (queue {}, unacked {}, result {})",
         r.found.total(),
         r.found.queue,
         r.found.unacked,
         r.found.result
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "  {verb} {} (queue {}, unacked {}, result {}); archived {}",
         r.removed.total(),
         r.removed.queue,
         r.removed.unacked,
         r.removed.result,
         r.archived
-    );
+    )?;
     if r.skipped.revived + r.skipped.changed + r.skipped.busy > 0 {
-        println!(
+        writeln!(
+            out,
             "  kept: {} whose row appeared during the grace period, {} taken or changed by a worker, {} skipped while a worker held unacked_mutex",
             r.skipped.revived, r.skipped.changed, r.skipped.busy
-        );
+        )?;
     }
     if r.undecidable > 0 {
-        println!(
+        writeln!(
+            out,
             "  {} undecidable entries were left alone (see `celery-janitor tasks`)",
             r.undecidable
-        );
+        )?;
     }
     if let Some(rv) = &r.revoke {
-        println!(
+        writeln!(
+            out,
             "  revoke broadcast for {} task id{} heard by {} live worker{}",
             rv.task_ids,
             if rv.task_ids == 1 { "" } else { "s" },
             rv.heard_by,
             if rv.heard_by == 1 { "" } else { "s" }
-        );
+        )?;
     }
-}
-
-fn run_footer(run_id: &str, dry_run: bool) {
-    if dry_run {
-        println!("Dry run: nothing was changed.");
-    } else {
-        println!("Run {run_id}. Undo with: celery-janitor restore --run {run_id}");
-    }
-}
-
-pub(crate) fn cleanup(r: &CleanupReport, json: bool) -> Result<()> {
-    if json {
-        return print_json(r);
-    }
-    cleanup_lines(r);
-    run_footer(&r.run_id, r.dry_run);
     Ok(())
 }
 
-pub(crate) fn full_cleanup(r: &FullCleanupReport, json: bool) -> Result<()> {
-    if json {
-        return print_json(r);
+fn run_footer(out: &mut dyn Write, run_id: &str, dry_run: bool) -> Result<()> {
+    if dry_run {
+        writeln!(out, "Dry run: nothing was changed.")?;
+    } else {
+        writeln!(
+            out,
+            "Run {run_id}. Undo with: celery-janitor restore --run {run_id}"
+        )?;
     }
-    println!("Full cleanup report");
-    cleanup_lines(&r.orphans);
+    Ok(())
+}
+
+pub(crate) fn cleanup(out: &mut dyn Write, r: &CleanupReport, json: bool) -> Result<()> {
+    if json {
+        return print_json(out, r);
+    }
+    cleanup_lines(out, r)?;
+    run_footer(out, &r.run_id, r.dry_run)?;
+    Ok(())
+}
+
+pub(crate) fn full_cleanup(out: &mut dyn Write, r: &FullCleanupReport, json: bool) -> Result<()> {
+    if json {
+        return print_json(out, r);
+    }
+    writeln!(out, "Full cleanup report")?;
+    cleanup_lines(out, &r.orphans)?;
     let e = &r.expired_results;
-    println!(
+    writeln!(
+        out,
         "Results older than {} h: {} {} ({} without TTL); {} could not be aged",
         e.max_age_hours,
         if r.dry_run { "would remove" } else { "removed" },
         e.removed,
         e.without_ttl,
         e.unaged
-    );
+    )?;
     let l = &r.lost_rows;
-    println!(
+    writeln!(
+        out,
         "Lost rows: {} {}",
         if r.dry_run { "would mark" } else { "marked" },
         l.marked
-    );
+    )?;
     for (table, n) in &l.by_table {
-        println!("  {table}: {n}");
+        writeln!(out, "  {table}: {n}")?;
     }
     for (table, why) in &l.skipped_tables {
-        println!("  {table}: skipped: {why}");
+        writeln!(out, "  {table}: skipped: {why}")?;
     }
-    run_footer(&r.run_id, r.dry_run);
+    run_footer(out, &r.run_id, r.dry_run)?;
     Ok(())
 }
 
@@ -317,21 +379,79 @@ fn entries(n: u64) -> String {
     format!("{n} entr{}", if n == 1 { "y" } else { "ies" })
 }
 
+/// The human report of `revoke`.
+pub(crate) fn revoke(
+    out: &mut dyn Write,
+    r: &janitor_engine::DurableRevokeReport,
+    json: bool,
+) -> Result<()> {
+    if json {
+        return print_json(out, r);
+    }
+    let targets: Vec<String> = r
+        .task_ids
+        .iter()
+        .cloned()
+        .chain(r.owners.iter().map(|o| format!("{}:{}", o.table, o.id)))
+        .collect();
+    if r.undo {
+        writeln!(
+            out,
+            "Lifted {} of {} revocation(s): {}",
+            r.keys,
+            targets.len(),
+            targets.join(", ")
+        )?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "Revoked {} for {} days: {}",
+        targets.len(),
+        r.ttl_days.unwrap_or_default(),
+        targets.join(", ")
+    )?;
+    if let Some(b) = &r.broadcast {
+        writeln!(
+            out,
+            "Celery revoke broadcast for {} task id(s), heard by {} worker(s)",
+            b.task_ids, b.heard_by
+        )?;
+    }
+    match (&r.removal, &r.removal_skipped) {
+        (Some(c), _) => writeln!(
+            out,
+            "Removed {} queued, {} unacked (archived {}); run {}",
+            c.removed.queue, c.removed.unacked, c.archived, c.run_id
+        )?,
+        (None, Some(why)) => writeln!(out, "Removal of queued copies skipped: {why}")?,
+        (None, None) => {}
+    }
+    Ok(())
+}
+
 /// The human report of `restore`. Missing entries and warnings go to standard error (see
 /// `commands.rs`).
-pub(crate) fn restore(r: &RestoreReport, json: bool) -> Result<()> {
+pub(crate) fn restore(out: &mut dyn Write, r: &RestoreReport, json: bool) -> Result<()> {
     if json {
-        return print_json(r);
+        return print_json(out, r);
     }
     let total = r.restored_total();
     if total == 0 && r.skipped == 0 {
         match &r.run_id {
-            Some(id) if r.already_restored > 0 => println!(
+            Some(id) if r.already_restored > 0 => writeln!(
+                out,
                 "Run {id}: nothing left to restore ({} already restored).",
                 entries(r.already_restored)
-            ),
-            Some(id) => println!("Run {id}: nothing to restore: the archive holds no entry of it."),
-            None => println!("Nothing to restore: the archive holds no matching entry."),
+            )?,
+            Some(id) => writeln!(
+                out,
+                "Run {id}: nothing to restore: the archive holds no entry of it."
+            )?,
+            None => writeln!(
+                out,
+                "Nothing to restore: the archive holds no matching entry."
+            )?,
         }
         return Ok(());
     }
@@ -339,7 +459,8 @@ pub(crate) fn restore(r: &RestoreReport, json: bool) -> Result<()> {
         (RestoreSource::File, Some(path)) => format!("archive file {path}"),
         _ => "the Redis archive".to_owned(),
     };
-    println!(
+    writeln!(
+        out,
         "{} {} (queue {}, unacked {}, result {}){} from {source}.",
         if r.dry_run {
             "Would restore"
@@ -354,15 +475,20 @@ pub(crate) fn restore(r: &RestoreReport, json: bool) -> Result<()> {
             .as_ref()
             .map(|id| format!(" of run {id}"))
             .unwrap_or_default(),
-    );
+    )?;
     if r.already_restored > 0 {
-        println!("  {} already restored before", entries(r.already_restored));
+        writeln!(
+            out,
+            "  {} already restored before",
+            entries(r.already_restored)
+        )?;
     }
     if r.skipped > 0 {
-        println!(
+        writeln!(
+            out,
             "  {} skipped: the result key or unacked field exists again (left alone)",
             entries(r.skipped)
-        );
+        )?;
     }
     Ok(())
 }

@@ -9,7 +9,8 @@ use serde::de::{self, Deserialize, Visitor};
 use crate::api::{ApiSection, ApiTokenFile, JwtSection};
 use crate::owners::OwnerRuleFile;
 use crate::{
-    ArchiveSection, CleanupSection, DatabaseSection, FileConfig, LoggingSection, RedisSection,
+    ArchiveSection, CleanupSection, DatabaseSection, FileConfig, GuardSection, LoggingSection,
+    RedisSection, RevokeSection,
 };
 
 /// `[api]`'s sub-tables, listed as sections of their own (`[[api.tokens]]`, `[api.jwt]`), as a
@@ -17,8 +18,9 @@ use crate::{
 const API_TABLES: [&str; 2] = ["tokens", "jwt"];
 
 /// Every key the config file accepts, by section, in the order they are declared: the
-/// `[redis]`, `[database]`, `[cleanup]`, `[logging]` and `[archive]` tables, the keys of each
-/// `[[owners]]` table, and `[api]` with its `[[api.tokens]]` and `[api.jwt]` tables.
+/// `[redis]`, `[database]`, `[cleanup]`, `[logging]`, `[archive]`, `[guard]` and `[revoke]`
+/// tables, the keys of each `[[owners]]` table, and `[api]` with its `[[api.tokens]]` and
+/// `[api.jwt]` tables.
 pub fn file_keys() -> Vec<(&'static str, Vec<&'static str>)> {
     fields_of::<FileConfig>()
         .iter()
@@ -29,6 +31,8 @@ pub fn file_keys() -> Vec<(&'static str, Vec<&'static str>)> {
                 "cleanup" => fields_of::<CleanupSection>(),
                 "logging" => fields_of::<LoggingSection>(),
                 "archive" => fields_of::<ArchiveSection>(),
+                "guard" => fields_of::<GuardSection>(),
+                "revoke" => fields_of::<RevokeSection>(),
                 "owners" => fields_of::<OwnerRuleFile>(),
                 "api" => {
                     let own = fields_of::<ApiSection>()
@@ -117,6 +121,8 @@ mod tests {
                 "cleanup",
                 "logging",
                 "archive",
+                "guard",
+                "revoke",
                 "owners",
                 "api",
                 "api.tokens",

@@ -6,6 +6,7 @@
 //! constants in [`env`]. URLs are held in [`SecretUrl`], which never prints a password.
 
 mod api;
+mod app;
 mod keys;
 mod owners;
 mod secret;
@@ -19,6 +20,7 @@ pub use api::{
     api_defaults, parse_bind, ApiRole, ApiSection, ApiSettings, ApiToken, ApiTokenFile, ClaimRule,
     IpRange, JwtAlgorithm, JwtKeySource, JwtSection, JwtSettings,
 };
+pub use app::{agree, same_redis, AppDefaults};
 pub use keys::file_keys;
 pub use owners::{
     quote_ident, IdSource, LostRowRule, OwnerMatch, OwnerRule, OwnerRuleFile, Owners,
@@ -75,6 +77,10 @@ pub mod defaults {
     pub const ARCHIVE_DIR: &str = "archive";
     pub const LOST_AFTER_MINUTES: f64 = 60.0;
     pub const PRIORITY_STEPS: [u32; 4] = [0, 3, 6, 9];
+    /// `[cleanup] startup_min_interval`: ten minutes.
+    pub const STARTUP_MIN_INTERVAL_SECONDS: f64 = 600.0;
+    pub const GUARD_ON_ERROR: super::OnError = super::OnError::Retry;
+    pub const REVOKE_TTL_DAYS: f64 = 7.0;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +119,10 @@ pub struct FileConfig {
     pub logging: LoggingSection,
     #[serde(default)]
     pub archive: ArchiveSection,
+    #[serde(default)]
+    pub guard: GuardSection,
+    #[serde(default)]
+    pub revoke: RevokeSection,
     #[serde(default)]
     pub owners: Vec<owners::OwnerRuleFile>,
     /// The HTTP server (`serve`): see `api.rs`.
@@ -158,6 +168,82 @@ pub struct CleanupSection {
     pub grace_seconds: Option<f64>,
     /// Queue names to inspect. Default: discovered from kombu's binding sets and `unacked`.
     pub queues: Option<Vec<String>>,
+    /// Worker start-up cleanup (`cleanup-orphaned --startup`) is skipped when a cleanup
+    /// completed less than this long ago: seconds, or a duration such as `"10m"` (default 600).
+    pub startup_min_interval: Option<Duration>,
+}
+
+/// A number of seconds, or a duration written as text: `"90s"`, `"10m"`, `"1h"`, `"1d"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Duration {
+    Seconds(f64),
+    Text(String),
+}
+
+impl Duration {
+    /// The duration in seconds, or why it can't be read.
+    pub fn seconds(&self) -> Result<f64, String> {
+        match self {
+            Duration::Seconds(s) => Ok(*s),
+            Duration::Text(t) => parse_duration(t),
+        }
+    }
+}
+
+/// `"600"`, `"90s"`, `"10m"`, `"1.5h"`, `"1d"` as seconds.
+pub fn parse_duration(text: &str) -> Result<f64, String> {
+    let t = text.trim();
+    let (number, unit) = match t.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => (&t[..i], t[i..].trim()),
+        None => (t, "s"),
+    };
+    let factor = match unit {
+        "s" | "sec" | "secs" | "seconds" => 1.0,
+        "m" | "min" | "mins" | "minutes" => 60.0,
+        "h" | "hour" | "hours" => 3600.0,
+        "d" | "day" | "days" => 86_400.0,
+        _ => return Err(format!("{text:?}: unknown unit (use s, m, h or d)")),
+    };
+    number
+        .trim()
+        .parse::<f64>()
+        .map(|n| n * factor)
+        .map_err(|_| format!("{text:?}: expected a number of seconds or a duration like \"10m\""))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuardSection {
+    /// What a worker's guard does when it can't decide (database or Redis down): `"retry"`
+    /// re-queues the task with backoff (default), `"run"` runs it unchecked.
+    pub on_error: Option<OnError>,
+}
+
+/// The guard's policy when it can't decide (see [`GuardSection::on_error`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    /// Re-queue the task (outside its own retry count), backoff 1 s doubling to 60 s.
+    Retry,
+    /// Run the task unchecked.
+    Run,
+}
+
+impl OnError {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnError::Retry => "retry",
+            OnError::Run => "run",
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeSection {
+    /// Days a durable revocation (`celery-janitor revoke`) is kept in Redis (default 7).
+    pub ttl_days: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -277,10 +363,18 @@ pub struct Settings {
     /// As configured; the backend layout applies Celery's `_` rule.
     pub backend_prefix: Vec<u8>,
     pub priority_steps: Vec<u32>,
+    /// kombu's priority-queue separator, when the app changed it (`None`: kombu's default).
+    pub priority_sep: Option<Vec<u8>>,
     pub database_url: Option<SecretUrl>,
     pub max_age_hours: f64,
     pub cleanup_on_startup: bool,
+    /// `[cleanup] startup_min_interval`, in seconds.
+    pub startup_min_interval: f64,
     pub grace_seconds: f64,
+    /// `[guard] on_error`.
+    pub guard_on_error: OnError,
+    /// `[revoke] ttl_days`.
+    pub revoke_ttl_days: f64,
     pub queues: Option<Vec<String>>,
     pub app_log: PathBuf,
     pub audit_log: PathBuf,
@@ -417,6 +511,18 @@ pub fn resolve_with(
     get_env: &dyn Fn(&str) -> Option<String>,
     discovery: &Discovery,
 ) -> Result<Settings, ConfigError> {
+    resolve_for_app(flags, get_env, discovery, None)
+}
+
+/// [`resolve_with`] for a Celery app: `app` (from `app.conf`) fills in the Redis URLs, key
+/// prefixes and priority steps where flags, environment and file are silent, and is an error
+/// where they disagree (see [`agree`]).
+pub fn resolve_for_app(
+    flags: &Flags,
+    get_env: &dyn Fn(&str) -> Option<String>,
+    discovery: &Discovery,
+    app: Option<&AppDefaults>,
+) -> Result<Settings, ConfigError> {
     let get = |k: &str| get_env(k).filter(|v| !v.is_empty());
     let found = match (&flags.config, get(env::CONFIG)) {
         (Some(path), _) => Some((path.clone(), ConfigOrigin::Flag)),
@@ -426,9 +532,9 @@ pub fn resolve_with(
     match found {
         Some((path, origin)) => {
             let file = load_file(&path)?;
-            build(file, Some((path, origin)), flags, get_env)
+            build(file, Some((path, origin)), flags, get_env, app)
         }
-        None => build(FileConfig::default(), None, flags, get_env),
+        None => build(FileConfig::default(), None, flags, get_env, app),
     }
 }
 
@@ -439,11 +545,21 @@ pub fn resolve_text(
     flags: &Flags,
     get_env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Settings, ConfigError> {
+    resolve_text_for_app(text, flags, get_env, None)
+}
+
+/// [`resolve_text`] for a Celery app (see [`resolve_for_app`]).
+pub fn resolve_text_for_app(
+    text: &str,
+    flags: &Flags,
+    get_env: &dyn Fn(&str) -> Option<String>,
+    app: Option<&AppDefaults>,
+) -> Result<Settings, ConfigError> {
     let file = parse_file(text).map_err(|message| ConfigError::Parse {
         path: PathBuf::from("<config text>"),
         message,
     })?;
-    let mut settings = build(file, None, flags, get_env)?;
+    let mut settings = build(file, None, flags, get_env, app)?;
     settings.config_origin = Some(ConfigOrigin::Text);
     Ok(settings)
 }
@@ -454,7 +570,10 @@ fn build(
     source: Option<(PathBuf, ConfigOrigin)>,
     flags: &Flags,
     get_env: &dyn Fn(&str) -> Option<String>,
+    app: Option<&AppDefaults>,
 ) -> Result<Settings, ConfigError> {
+    let no_app = AppDefaults::default();
+    let app = app.unwrap_or(&no_app);
     let get = |k: &str| get_env(k).filter(|v| !v.is_empty());
     let (config_path, config_origin) = match source {
         Some((path, origin)) => (Some(path), Some(origin)),
@@ -470,27 +589,45 @@ fn build(
         _ => p.clone(),
     };
 
-    let redis_url = flags
-        .redis_url
-        .clone()
-        .or_else(|| get(env::REDIS_URL))
-        .or(file.redis.url.clone());
+    let redis_url = match (&flags.redis_url, get(env::REDIS_URL), &file.redis.url) {
+        (Some(u), _, _) => Some((u.clone(), "--redis-url")),
+        (None, Some(u), _) => Some((u, env::REDIS_URL)),
+        (None, None, Some(u)) => Some((u.clone(), "[redis] url")),
+        (None, None, None) => None,
+    };
     // An explicit REDIS_URL (flag or env) means "this one Redis", so it overrides the file's
     // split URLs too; otherwise the file's broker/backend URLs win over its `url`.
     let explicit = flags.redis_url.is_some() || get(env::REDIS_URL).is_some();
-    let pick = |specific: &Option<String>| {
+    let pick = |specific: &Option<String>, key: &'static str| {
         if explicit {
             redis_url.clone()
         } else {
-            specific.clone().or_else(|| redis_url.clone())
+            specific
+                .clone()
+                .map(|u| (u, key))
+                .or_else(|| redis_url.clone())
         }
     };
-    let broker = pick(&file.redis.broker_url).ok_or(ConfigError::Missing(
+    let same_url = |a: &String, b: &String| same_redis(a, b);
+    let broker = agree(
+        "redis broker url",
+        pick(&file.redis.broker_url, "[redis] broker_url"),
+        app.broker_url.clone(),
+        same_url,
+        |u: &String| app::show_url(u),
+    )?
+    .ok_or(ConfigError::Missing(
         "Redis URL: set REDIS_URL, --redis-url or [redis] url",
     ))?;
-    let backend = pick(&file.redis.result_backend_url).ok_or(ConfigError::Missing(
-        "Redis URL: set REDIS_URL, --redis-url or [redis] url",
-    ))?;
+    let backend = agree(
+        "redis result backend url",
+        pick(&file.redis.result_backend_url, "[redis] result_backend_url"),
+        app.redis_backend(),
+        same_url,
+        |u: &String| app::show_url(u),
+    )?
+    // An app without a Redis result backend: results live with the broker, if anywhere.
+    .unwrap_or_else(|| broker.clone());
     let broker_url = SecretUrl::parse_redis(&broker).map_err(|m| invalid("redis url", m))?;
     let backend_url = SecretUrl::parse_redis(&backend).map_err(|m| invalid("redis url", m))?;
 
@@ -504,19 +641,42 @@ fn build(
         None => None,
     };
 
-    let global = file.redis.global_keyprefix.clone().unwrap_or_default();
-    let broker_prefix = file
-        .redis
-        .broker_keyprefix
-        .clone()
-        .unwrap_or(global.clone());
-    let backend_prefix = file.redis.result_keyprefix.clone().unwrap_or(global);
+    let global = file.redis.global_keyprefix.clone();
+    let show = |v: &String| format!("{v:?}");
+    let file_prefix = |specific: &Option<String>, key: &'static str| {
+        specific
+            .clone()
+            .map(|p| (p, key))
+            .or_else(|| global.clone().map(|p| (p, "[redis] global_keyprefix")))
+    };
+    let broker_prefix = agree(
+        "redis broker key prefix",
+        file_prefix(&file.redis.broker_keyprefix, "[redis] broker_keyprefix"),
+        app.broker_keyprefix.clone(),
+        |a, b| a == b,
+        show,
+    )?
+    .unwrap_or_default();
+    let backend_prefix = agree(
+        "redis result key prefix",
+        file_prefix(&file.redis.result_keyprefix, "[redis] result_keyprefix"),
+        app.backend_keyprefix.clone(),
+        |a, b| a == b,
+        show,
+    )?
+    .unwrap_or_default();
 
-    let priority_steps = file
-        .redis
-        .priority_steps
-        .clone()
-        .unwrap_or_else(|| defaults::PRIORITY_STEPS.to_vec());
+    let priority_steps = agree(
+        "redis.priority_steps",
+        file.redis
+            .priority_steps
+            .clone()
+            .map(|p| (p, "[redis] priority_steps")),
+        app.priority_steps.clone(),
+        |a, b| a == b,
+        |v| format!("{v:?}"),
+    )?
+    .unwrap_or_else(|| defaults::PRIORITY_STEPS.to_vec());
     if priority_steps.is_empty() || priority_steps.iter().any(|&s| s > 255) {
         return Err(invalid(
             "redis.priority_steps",
@@ -546,6 +706,28 @@ fn build(
         .or(file.cleanup.cleanup_on_startup)
         .unwrap_or(defaults::CLEANUP_ON_STARTUP);
 
+    let startup_min_interval = match &file.cleanup.startup_min_interval {
+        None => defaults::STARTUP_MIN_INTERVAL_SECONDS,
+        Some(d) => {
+            let key = "[cleanup] startup_min_interval";
+            let seconds = d.seconds().map_err(|m| invalid(key, m))?;
+            in_range(key, seconds, MAX_MAX_AGE_HOURS * 3600.0, "seconds")?
+        }
+    };
+    let revoke_ttl_days = match file.revoke.ttl_days {
+        None => defaults::REVOKE_TTL_DAYS,
+        Some(days) if days.is_finite() && days > 0.0 && days <= 3650.0 => days,
+        Some(days) => {
+            return Err(invalid(
+                "[revoke] ttl_days",
+                format!(
+                    "must be a number of days above 0, at most 3650, got {}",
+                    show_number(days)
+                ),
+            ))
+        }
+    };
+
     if let Some(queues) = &file.cleanup.queues {
         if queues.iter().any(|q| q.is_empty()) {
             return Err(invalid("cleanup.queues", "queue names must not be empty"));
@@ -563,10 +745,14 @@ fn build(
         broker_prefix: broker_prefix.into_bytes(),
         backend_prefix: backend_prefix.into_bytes(),
         priority_steps,
+        priority_sep: app.sep.clone().map(String::into_bytes),
         database_url,
         max_age_hours,
         cleanup_on_startup,
+        startup_min_interval,
         grace_seconds,
+        guard_on_error: file.guard.on_error.unwrap_or(defaults::GUARD_ON_ERROR),
+        revoke_ttl_days,
         queues: file.cleanup.queues.clone(),
         app_log: flags
             .app_log
@@ -755,6 +941,96 @@ id_from = "arg:0"
     #[test]
     fn starter_config_parses() {
         parse_file(STARTER_CONFIG).unwrap();
+    }
+
+    #[test]
+    fn guard_revoke_and_startup_keys() {
+        let url = [("REDIS_URL", "redis://h")];
+        let s = resolve_text("", &Flags::default(), &env_of(&url)).unwrap();
+        assert_eq!(s.startup_min_interval, 600.0);
+        assert_eq!(s.guard_on_error, OnError::Retry);
+        assert_eq!(s.revoke_ttl_days, 7.0);
+        let text = "[cleanup]\nstartup_min_interval = \"2m\"\n[guard]\non_error = \"run\"\n\
+                    [revoke]\nttl_days = 1.5\n";
+        let s = resolve_text(text, &Flags::default(), &env_of(&url)).unwrap();
+        assert_eq!(s.startup_min_interval, 120.0);
+        assert_eq!(s.guard_on_error, OnError::Run);
+        assert_eq!(s.revoke_ttl_days, 1.5);
+        let s = resolve_text(
+            "[cleanup]\nstartup_min_interval = 30\n",
+            &Flags::default(),
+            &env_of(&url),
+        )
+        .unwrap();
+        assert_eq!(s.startup_min_interval, 30.0);
+        for bad in [
+            "[cleanup]\nstartup_min_interval = \"10 parsecs\"\n",
+            "[cleanup]\nstartup_min_interval = -1\n",
+            "[guard]\non_error = \"ignore\"\n",
+            "[revoke]\nttl_days = 0\n",
+        ] {
+            assert!(
+                resolve_text(bad, &Flags::default(), &env_of(&url)).is_err(),
+                "{bad}"
+            );
+        }
+        let s = resolve_text(STARTER_CONFIG, &Flags::default(), &env_of(&[])).unwrap();
+        assert_eq!(s.startup_min_interval, 600.0);
+    }
+
+    #[test]
+    fn app_defaults_fill_in_and_must_agree() {
+        let app = AppDefaults {
+            broker_url: Some("redis://:pw@app:6379/1".into()),
+            result_backend: Some("redis://app:6379/2".into()),
+            broker_keyprefix: Some("myapp".into()),
+            backend_keyprefix: Some("myapp".into()),
+            priority_steps: Some(vec![0, 5, 9]),
+            sep: Some(":".into()),
+        };
+        let none = env_of(&[]);
+        let s = resolve_text_for_app("", &Flags::default(), &none, Some(&app)).unwrap();
+        assert_eq!(s.broker_url.expose(), "redis://:pw@app:6379/1");
+        assert_eq!(s.backend_url.expose(), "redis://app:6379/2");
+        assert_eq!(s.broker_prefix, b"myapp");
+        assert_eq!(s.backend_prefix, b"myapp");
+        assert_eq!(s.priority_steps, [0, 5, 9]);
+        assert_eq!(s.priority_sep.as_deref(), Some(&b":"[..]));
+
+        // The file agreeing (another spelling of the same Redis) is fine.
+        let text = "[redis]\nbroker_url = \"redis://app/1\"\n\
+                    result_backend_url = \"redis://app:6379?db=2\"\nglobal_keyprefix = \"myapp\"\n";
+        resolve_text_for_app(text, &Flags::default(), &none, Some(&app)).unwrap();
+
+        // Disagreeing: an error naming both, redacted.
+        let env = env_of(&[("REDIS_URL", "redis://:secret@other:6379/0")]);
+        let err = resolve_text_for_app("", &Flags::default(), &env, Some(&app))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("other:6379") && err.contains("app:6379"),
+            "{err}"
+        );
+        assert!(!err.contains("secret") && !err.contains(":pw@"), "{err}");
+        let err = resolve_text_for_app(
+            "[redis]\nurl = \"redis://app/1\"\nresult_backend_url = \"redis://app/2\"\nglobal_keyprefix = \"x\"\n",
+            &Flags::default(),
+            &none,
+            Some(&app),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("\"x\"") && err.contains("\"myapp\""), "{err}");
+        // No app, no URL: the usual error.
+        assert!(resolve_text_for_app("", &Flags::default(), &none, None).is_err());
+        // An app with a non-Redis backend: results are looked for with the broker.
+        let app = AppDefaults {
+            broker_url: Some("redis://app/1".into()),
+            result_backend: Some("rpc://".into()),
+            ..Default::default()
+        };
+        let s = resolve_text_for_app("", &Flags::default(), &none, Some(&app)).unwrap();
+        assert_eq!(s.backend_url.expose(), "redis://app/1");
     }
 
     #[test]

@@ -31,13 +31,16 @@ url = "postgresql://app@127.0.0.1:5432/app"
 # full-cleanup removes task results older than this many hours, 0-87600
 # (env CELERY_JANITOR_MAX_AGE_HOURS, flag --max-age-hours).
 max_age_hours = 24
-# Read by the Python package's worker integration (celery_janitor.install): clean orphans when a
-# worker starts. The CLI ignores it (env CELERY_JANITOR_CLEANUP_ON_STARTUP).
+# Worker integration (celery_janitor.install): clean orphans when a worker starts, by running
+# `cleanup-orphaned --startup`, which skips when this is false (env CELERY_JANITOR_CLEANUP_ON_STARTUP).
 cleanup_on_startup = true
 # An orphan is removed only if its row is still missing after this many seconds (0-86400). This
 # protects apps that enqueue before their transaction commits (env CELERY_JANITOR_GRACE_SECONDS,
 # flag --grace).
 grace_seconds = 10
+# Worker integration: the start-up cleanup is skipped when a cleanup completed less than this
+# long ago (seconds, or "90s", "10m", "1h"), so a rolling restart scans once.
+startup_min_interval = "10m"
 # Queues to inspect. By default they are discovered from kombu's binding sets and `unacked`;
 # list them if your app declares queues that have never been bound.
 # queues = ["celery"]
@@ -52,6 +55,16 @@ audit_log = "logs/audit.jsonl"
 # Every removed entry is archived here, byte for byte, so `celery-janitor restore` can put it back
 # (flag --archive-dir). The same records are also kept in Redis under celery-janitor:archive.
 dir = "archive"
+
+[guard]
+# Worker integration (celery_janitor.install): when the guard can't tell whether a task's owner
+# row exists (database or Redis down): "retry" re-queues the task with backoff (1 s doubling to
+# 60 s, outside its own retries; nothing is lost), "run" runs it unchecked.
+on_error = "retry"
+
+[revoke]
+# Days a durable revocation (celery-janitor revoke, celery_janitor.revoke) is kept in Redis.
+ttl_days = 7
 
 # One [[owners]] block per table that owns tasks.
 [[owners]]

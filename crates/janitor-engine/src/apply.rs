@@ -38,6 +38,7 @@ const ARCHIVE_MAXLEN: u64 = 100_000;
 /// Why entries are removed, as the archive and the audit log say.
 const ORPHANED: &str = "orphaned";
 const EXPIRED: &str = "expired";
+const REVOKED: &str = "revoked";
 
 /// A whole cleanup, as `cleanup-orphaned` and `full-cleanup` run it.
 #[derive(Debug, Clone, Default)]
@@ -194,6 +195,17 @@ impl Run<'_> {
             .await;
         report.batch_in_doubt = remover.in_doubt;
         removed?;
+        if !plan.revoked.is_empty() {
+            let removed = remover
+                .remove(
+                    REVOKED,
+                    std::mem::take(&mut plan.revoked),
+                    &mut report.orphans,
+                )
+                .await;
+            report.batch_in_doubt |= remover.in_doubt;
+            removed?;
+        }
         if plan.options.expired_results {
             let without_ttl = without_ttl(&plan.expired);
             let mut sub = CleanupReport::default();
@@ -315,6 +327,11 @@ impl Run<'_> {
         let recorded = janitor
             .close_run_record(&self.run_id, outcome_name, &report, error)
             .await;
+        if outcome.is_ok() && self.options.revoked.is_none() {
+            janitor
+                .note_completed_cleanup(&self.run_id, self.options.command())
+                .await;
+        }
         self.lock.release().await;
         cx.progress.finish();
         let run_id = self.run_id;

@@ -166,6 +166,18 @@ pub(crate) struct AuditLog {
     audit_path: PathBuf,
     archive_dir: PathBuf,
     files: Mutex<Option<OpenFiles>>,
+    /// Who the events are done for (`actor` on every line): the OS user unless a front end
+    /// names someone else (`--actor`, a web app's user).
+    actor: std::sync::RwLock<String>,
+}
+
+/// The user this process runs as: `$USER`, else `$LOGNAME`, else `uid <n>`.
+fn os_user() -> String {
+    ["USER", "LOGNAME"]
+        .into_iter()
+        .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+        // SAFETY: getuid has no preconditions and cannot fail.
+        .unwrap_or_else(|| format!("uid {}", unsafe { libc::getuid() }))
 }
 
 /// Creates `dir` and its missing parents with mode 0700 (masked by the umask). Directories that
@@ -303,13 +315,29 @@ impl AuditLog {
             audit_path,
             archive_dir,
             files: Mutex::new(None),
+            actor: std::sync::RwLock::new(os_user()),
         }
+    }
+
+    /// Names who later events are done for.
+    pub(crate) fn set_actor(&self, actor: String) {
+        *self.actor.write().unwrap_or_else(|e| e.into_inner()) = actor;
+    }
+
+    /// Who later events are done for.
+    pub(crate) fn actor(&self) -> String {
+        self.actor.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Writes one audit event (a JSON object; `ts` is added).
     pub(crate) fn event(&self, mut event: Value) -> Result<()> {
         if let Value::Object(map) = &mut event {
             map.insert("ts".into(), Value::String(chrono::Utc::now().to_rfc3339()));
+            // An event that names its own actor (an API request's caller) keeps it.
+            if !map.contains_key("actor") {
+                let actor = self.actor.read().unwrap_or_else(|e| e.into_inner()).clone();
+                map.insert("actor".into(), Value::String(actor));
+            }
         }
         let mut guard = self.files.lock().expect("audit lock");
         if guard.is_none() {

@@ -53,6 +53,15 @@ pub(crate) enum AuditEvent<'a> {
         key: String,
         task_id: Option<&'a str>,
     },
+    /// Durable revocations written (or, with `undo`, lifted) by `revoke`.
+    /// (Its `actor` is the line's own, as on every line.)
+    Revoke {
+        undo: bool,
+        task_ids: &'a [String],
+        owners: &'a [crate::revoke::OwnerRef],
+        /// The run that removed their queued copies, if it ran.
+        run_id: Option<&'a str>,
+    },
 }
 
 /// A mutating request to the HTTP API, as its `api_request` audit line records it.

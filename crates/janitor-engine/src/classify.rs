@@ -266,17 +266,39 @@ fn classify_message(mut e: Entry, env: &Envelope, owners: &Owners) -> Entry {
     let Some(rule_idx) = rule_for_name(&mut e, &name, owners) else {
         return e;
     };
-    let id = match &owners.rules()[rule_idx].id_from {
-        IdSource::TaskId => e
-            .task_id
-            .clone()
-            .ok_or_else(|| "message has no task id".to_owned()),
-        source => match &call {
-            Ok(c) => id_from_call(source, &c.args, &c.kwargs),
-            Err(err) => Err(format!("arguments unreadable: {err}")),
-        },
-    };
+    let args = call
+        .as_ref()
+        .map(|c| (c.args.as_slice(), &c.kwargs))
+        .map_err(|err| format!("arguments unreadable: {err}"));
+    let id = message_owner_id(&owners.rules()[rule_idx], e.task_id.as_deref(), args);
     with_owner(e, rule_idx, id, owners)
+}
+
+/// The owner row id of a task message (or of a call about to run: the worker guard), by the
+/// rule's `id_from`: the task id, or one of the call's arguments (`args` is `Err` when they
+/// can't be read). The one place a message's owner id is read.
+pub(crate) fn message_owner_id(
+    rule: &janitor_config::OwnerRule,
+    task_id: Option<&str>,
+    args: Result<(&[Value], &Map<String, Value>), String>,
+) -> Result<String, String> {
+    match &rule.id_from {
+        IdSource::TaskId => task_id
+            .map(str::to_owned)
+            .ok_or_else(|| "message has no task id".to_owned()),
+        source => {
+            let (args, kwargs) = args?;
+            id_from_call(source, args, kwargs)
+        }
+    }
+}
+
+/// The rule owning task `name`, when exactly one does.
+pub(crate) fn owning_rule(owners: &Owners, name: &str) -> Option<usize> {
+    match owners.match_task(name) {
+        OwnerMatch::One(rule) => Some(rule_index(owners, rule)),
+        OwnerMatch::None | OwnerMatch::Ambiguous(..) => None,
+    }
 }
 
 /// The rule owning task `name`; `None` when there is none (the entry is settled as unowned) or

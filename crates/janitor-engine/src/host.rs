@@ -2,7 +2,7 @@
 //! the run record say who did what, and a lock left by a dead process may be taken over.
 
 /// This machine's host name (`gethostname`), or `unknown-host`.
-pub(crate) fn hostname() -> String {
+pub fn hostname() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it or fails.
     let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };

@@ -35,7 +35,20 @@ pub(crate) enum OwnKey<'a> {
     Restored(&'a str),
     /// Task ids a run revoked.
     Revoked(&'a str),
+    /// A durable revocation of one task id (see `revoke.rs`).
+    RevokedTask(&'a str),
+    /// A durable revocation of one owner row: table, id.
+    RevokedOwner(&'a str, &'a str),
+    /// The guard's per-node counters (hash; see `guard.rs`).
+    GuardStats,
+    /// The guard's last events (capped stream).
+    GuardEvents,
+    /// When the last cleanup run completed (see `runs.rs`).
+    LastCleanup,
 }
+
+/// How long a guard check waits for Redis and the database by default.
+const DEFAULT_GUARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The prefix of the value a list-removal script writes over a message before removing it.
 pub(crate) const TOMBSTONE_PREFIX: &str = "celery-janitor:tombstone:";
@@ -61,6 +74,8 @@ pub struct Janitor {
     pub(crate) backend_layout: BackendLayout,
     pub(crate) scripts: Scripts,
     pub(crate) audit: AuditSink,
+    /// How long one guard check or record waits for Redis and the database.
+    pub(crate) guard_timeout: std::time::Duration,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -146,23 +161,47 @@ impl Janitor {
     /// Connects to Redis (broker and backend) and the owner database, and checks the owner
     /// tables exist.
     pub async fn connect(settings: Settings) -> Result<Self> {
-        let broker = RedisHandle::connect(&settings.broker_url).await?;
-        let shared_redis = settings.broker_url.expose() == settings.backend_url.expose();
-        let backend = if shared_redis {
-            broker.clone()
-        } else {
-            RedisHandle::connect(&settings.backend_url).await?
-        };
         let db_url = settings
             .database_url
             .as_ref()
             .ok_or(EngineError::NoDatabase)?;
         let db = OwnerDb::connect(db_url, settings.owners.rules()).await?;
-        let broker_layout = BrokerLayout {
+        Self::with_db(settings, db, DEFAULT_GUARD_TIMEOUT).await
+    }
+
+    /// Connects to Redis now and to the owner database on first use: for a long-lived worker
+    /// process whose database may be down when it starts. Each owner lookup (and each guard
+    /// check or record) waits at most `timeout`.
+    pub async fn connect_lazy_db(settings: Settings, timeout: std::time::Duration) -> Result<Self> {
+        let db_url = settings
+            .database_url
+            .as_ref()
+            .ok_or(EngineError::NoDatabase)?;
+        let db = OwnerDb::lazy(db_url, settings.owners.rules(), timeout)?;
+        Self::with_db(settings, db, timeout).await
+    }
+
+    async fn with_db(
+        settings: Settings,
+        db: OwnerDb,
+        guard_timeout: std::time::Duration,
+    ) -> Result<Self> {
+        let broker = RedisHandle::connect(&settings.broker_url).await?;
+        let shared_redis =
+            janitor_config::same_redis(settings.broker_url.expose(), settings.backend_url.expose());
+        let backend = if shared_redis {
+            broker.clone()
+        } else {
+            RedisHandle::connect(&settings.backend_url).await?
+        };
+        let mut broker_layout = BrokerLayout {
             prefix: settings.broker_prefix.clone(),
             priority_steps: settings.priority_steps.clone(),
             ..Default::default()
         };
+        if let Some(sep) = &settings.priority_sep {
+            broker_layout.sep.clone_from(sep);
+        }
         let backend_layout = BackendLayout::with_prefix(&settings.backend_prefix);
         let audit = AuditSink::new(AuditLog::new(
             settings.audit_log.clone(),
@@ -178,11 +217,18 @@ impl Janitor {
             backend_layout,
             scripts: Scripts::load(),
             audit,
+            guard_timeout,
         })
     }
 
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    /// Names who this janitor's changes are done for: the `actor` of its audit events (the CLI's
+    /// `--actor`, a web app's signed-in user). Default: the OS user the process runs as.
+    pub fn set_actor(&self, actor: impl Into<String>) {
+        self.audit.log().set_actor(actor.into());
     }
 
     /// A key of celery-janitor's own, in the broker's prefix.
@@ -194,6 +240,11 @@ impl Janitor {
             OwnKey::RestoredBefore => "restored".to_owned(),
             OwnKey::Restored(run_id) => format!("restored:{run_id}"),
             OwnKey::Revoked(run_id) => format!("revoked:{run_id}"),
+            OwnKey::RevokedTask(task_id) => format!("revoked:{task_id}"),
+            OwnKey::RevokedOwner(table, id) => format!("revoked-owner:{table}:{id}"),
+            OwnKey::GuardStats => "guard:stats".to_owned(),
+            OwnKey::GuardEvents => "guard:events".to_owned(),
+            OwnKey::LastCleanup => "last-cleanup".to_owned(),
         };
         [
             self.settings.broker_prefix.as_slice(),

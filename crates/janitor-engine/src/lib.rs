@@ -8,7 +8,9 @@
 // The flow (see README.md): `janitor` connects; `scan` reads Redis and `classify` says what
 // each entry is, asking `owners_db`; `plan` collects what to do; `apply` does it through
 // `scripts` (the Lua), under `lock`, writing `archive` and `audit`; `revoke` tells workers;
-// `runs` records each run; `restore` undoes one; `list` pages the entries.
+// `runs` records each run; `restore` undoes one; `list` pages the entries. `guard` answers a
+// worker about one task before it runs; `revoke` also keeps durable revocations for it;
+// `startup` decides whether a worker's start-up cleanup runs.
 mod apply;
 mod archive;
 mod audit;
@@ -16,6 +18,7 @@ mod cancel;
 mod classify;
 mod context;
 mod error;
+mod guard;
 mod host;
 mod janitor;
 mod list;
@@ -31,6 +34,7 @@ mod runs;
 mod scan;
 mod scripts;
 mod spec;
+mod startup;
 
 pub use apply::{CleanupOptions, Run};
 pub use archive::{open_private_append, printable, write_private_file, ArchiveRecord};
@@ -39,19 +43,26 @@ pub use cancel::Cancel;
 pub use classify::{Entry, Location, State};
 pub use context::RunCtx;
 pub use error::EngineError;
+pub use guard::{
+    guard_target, GuardError, GuardEvent, GuardEventKind, GuardRecorded, GuardStats, GuardTarget,
+    GuardVerdict, RecentGuardEvent, RevokedBy,
+};
+pub use host::hostname;
 pub use janitor::{Janitor, ReadOptions, RedisInfo, ResultCounts, StatusReport, TaskCounts};
 pub use list::{Cursor, ListOptions, Page, TaskRow};
 pub use lock::Holder;
-pub use plan::{CleanupPlan, LostRows, PlanOptions};
+pub use plan::{CleanupPlan, LostRows, PlanOptions, RevokedSelection};
 pub use progress::{NoProgress, Progress};
 pub use reports::{
     CleanupReport, ExpiredResultsReport, FullCleanupReport, LocationCounts, LostRowsReport,
     RevokeReport, SkipCounts,
 };
 pub use restore::{RestoreOptions, RestoreReport, RestoreSource};
+pub use revoke::{DurableRevokeReport, OwnerRef, Revocation, RevokeOptions};
 pub use runs::{RunOutcome, RunRecord, RUNS_KEPT};
 pub use scan::{WrongTypeKey, WrongTypeKeys};
 pub use spec::ValueSpec;
+pub use startup::LastCleanup;
 
 /// Prefix of every key celery-janitor itself writes (after the broker's `global_keyprefix`).
 pub const OWN_KEY_PREFIX: &str = "celery-janitor:";

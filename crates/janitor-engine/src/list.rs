@@ -33,8 +33,11 @@ pub struct ListOptions {
     pub locations: Vec<Location>,
     /// At most this many rows in the page; `None`: every matching row in one page.
     pub limit: Option<usize>,
-    /// Where the page starts: the previous page's `next_cursor`, listed with the same `states`
-    /// and `locations`. `None`: the first page.
+    /// Only entries of this queue: queued in it, or unacked after delivery from it (results
+    /// are left out). `None`: every queue, and results.
+    pub queue: Option<String>,
+    /// Where the page starts: the previous page's `next_cursor`, listed with the same `states`,
+    /// `locations` and `queue`. `None`: the first page.
     pub cursor: Option<Cursor>,
     /// Overrides `grace_seconds` (0–86400): how long an orphan's row must stay missing.
     pub grace_seconds: Option<f64>,
@@ -96,6 +99,25 @@ impl TaskRow {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Filter(u8);
 
+/// A listing's queue filter as it travels in a cursor: the first eight bytes of the SHA-1 of
+/// the queue name (stable across processes and versions, unlike `hash64`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct QueueTag(u64);
+
+impl QueueTag {
+    fn of(queue: &str) -> Self {
+        let digest = sha1_smol::Sha1::from(queue.as_bytes()).digest().bytes();
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&digest[..8]);
+        QueueTag(u64::from_be_bytes(first))
+    }
+}
+
+/// Whether `e` is an entry of `queue`: queued in it, or unacked after delivery from it.
+fn in_queue(e: &Entry, queue: &str) -> bool {
+    matches!(e.location, Location::Queue | Location::Unacked) && e.queue.as_deref() == Some(queue)
+}
+
 impl Filter {
     const VALID: u8 = 0b0111_1111;
 
@@ -138,6 +160,8 @@ pub struct Cursor {
     /// Matching rows before the page, in scan order.
     offset: u64,
     filter: Filter,
+    /// The listing's queue filter, if it had one.
+    queue: Option<QueueTag>,
 }
 
 /// Marks the format, so another can replace it and old tokens are refused, not misread.
@@ -145,7 +169,11 @@ const CURSOR_VERSION: &str = "v1";
 
 impl fmt::Display for Cursor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{CURSOR_VERSION}.{}.{:02x}", self.offset, self.filter.0)
+        write!(f, "{CURSOR_VERSION}.{}.{:02x}", self.offset, self.filter.0)?;
+        if let Some(QueueTag(tag)) = self.queue {
+            write!(f, ".{tag:016x}")?;
+        }
+        Ok(())
     }
 }
 
@@ -158,9 +186,13 @@ impl FromStr for Cursor {
             reason,
         };
         let mut parts = text.split('.');
-        let (Some(CURSOR_VERSION), Some(offset), Some(filter), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
+        let (Some(CURSOR_VERSION), Some(offset), Some(filter), queue, None) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
             return Err(bad("not a cursor this version made"));
         };
         // Only the digits `Display` writes: `+1` or `01` would parse but was never handed out.
@@ -178,9 +210,20 @@ impl FromStr for Cursor {
             .and_then(|f| u8::from_str_radix(f, 16).ok())
             .filter(|bits| bits & !Filter::VALID == 0)
             .ok_or_else(|| bad("not a cursor this version made"))?;
+        let queue = match queue {
+            None => None,
+            Some(tag) => Some(
+                Some(tag)
+                    .filter(|t| t.len() == 16 && canonical(t, true))
+                    .and_then(|t| u64::from_str_radix(t, 16).ok())
+                    .map(QueueTag)
+                    .ok_or_else(|| bad("not a cursor this version made"))?,
+            ),
+        };
         Ok(Cursor {
             offset,
             filter: Filter(filter),
+            queue,
         })
     }
 }
@@ -201,14 +244,19 @@ impl<'de> serde::Deserialize<'de> for Cursor {
 impl Cursor {
     /// The offset to resume at, if this cursor was made for a listing with `filter`: an offset
     /// into other rows would silently skip or repeat entries.
-    fn resume(&self, filter: Filter) -> Result<u64> {
-        if self.filter == filter {
-            Ok(self.offset)
-        } else {
+    fn resume(&self, filter: Filter, queue: Option<QueueTag>) -> Result<u64> {
+        if self.filter != filter {
             Err(EngineError::BadCursor {
                 cursor: self.to_string(),
                 reason: "made for a listing with other states or locations",
             })
+        } else if self.queue != queue {
+            Err(EngineError::BadCursor {
+                cursor: self.to_string(),
+                reason: "made for a listing of another queue",
+            })
+        } else {
+            Ok(self.offset)
         }
     }
 }
@@ -222,8 +270,10 @@ impl Janitor {
     /// grace wait), and with [`EngineError::BadCursor`] for a cursor of another listing.
     pub async fn list(&self, o: &ListOptions, cx: &RunCtx<'_>) -> Result<Page<TaskRow>> {
         let filter = Filter::of(o);
+        let queue = o.queue.as_deref();
+        let tag = queue.map(QueueTag::of);
         let start = match &o.cursor {
-            Some(cursor) => cursor.resume(filter)?,
+            Some(cursor) => cursor.resume(filter, tag)?,
             None => 0,
         };
         let end = o.limit.map(|limit| start.saturating_add(limit as u64));
@@ -232,7 +282,7 @@ impl Janitor {
         let mut matched: u64 = 0;
         let mut rows = Vec::new();
         self.entries_noting(grace, false, cx, &mut |e: Entry| {
-            if !filter.matches(&e) {
+            if !filter.matches(&e) || queue.is_some_and(|q| !in_queue(&e, q)) {
                 return;
             }
             if matched >= start && end.is_none_or(|end| matched < end) {
@@ -241,9 +291,11 @@ impl Janitor {
             matched += 1;
         })
         .await?;
-        let next_cursor = end
-            .filter(|&end| matched > end)
-            .map(|offset| Cursor { offset, filter });
+        let next_cursor = end.filter(|&end| matched > end).map(|offset| Cursor {
+            offset,
+            filter,
+            queue: tag,
+        });
         Ok(Page { rows, next_cursor })
     }
 }
@@ -353,6 +405,7 @@ mod tests {
         let cursor = Cursor {
             offset: 1200,
             filter,
+            queue: None,
         };
         let text = cursor.to_string();
         assert_eq!(text, "v1.1200.72");
@@ -397,12 +450,63 @@ mod tests {
         let cursor = Cursor {
             offset: 5,
             filter: Filter::of(&orphans),
+            queue: None,
         };
-        assert_eq!(cursor.resume(Filter::of(&orphans)).unwrap(), 5);
+        assert_eq!(cursor.resume(Filter::of(&orphans), None).unwrap(), 5);
         let err = cursor
-            .resume(Filter::of(&ListOptions::default()))
+            .resume(Filter::of(&ListOptions::default()), None)
             .unwrap_err();
         assert!(matches!(err, EngineError::BadCursor { .. }), "{err}");
+        let err = cursor
+            .resume(Filter::of(&orphans), Some(QueueTag::of("celery")))
+            .unwrap_err();
+        assert!(matches!(err, EngineError::BadCursor { .. }), "{err}");
+        let queued = Cursor {
+            queue: Some(QueueTag::of("celery")),
+            ..cursor
+        };
+        let other = Some(QueueTag::of("mail"));
+        assert!(queued.resume(Filter::of(&orphans), other).is_err());
+        assert!(queued.resume(Filter::of(&orphans), None).is_err());
+        let same = Some(QueueTag::of("celery"));
+        assert_eq!(queued.resume(Filter::of(&orphans), same).unwrap(), 5);
+    }
+
+    #[test]
+    fn a_queue_cursor_round_trips_as_text() {
+        let cursor = Cursor {
+            offset: 7,
+            filter: Filter::of(&ListOptions::default()),
+            queue: Some(QueueTag::of("celery")),
+        };
+        let text = cursor.to_string();
+        assert!(text.starts_with("v1.7.7f."), "{text}");
+        assert_eq!(text.len(), "v1.7.7f.".len() + 16, "{text}");
+        assert_eq!(text.parse::<Cursor>().unwrap(), cursor);
+        for bad in [
+            format!("{text}.0"),
+            text.to_uppercase(),
+            text[..text.len() - 1].to_owned(),
+        ] {
+            assert!(bad.parse::<Cursor>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_queue_filter_keeps_queued_and_unacked_entries_of_that_queue() {
+        let mut e = entry(Location::Queue, b"custom");
+        assert!(in_queue(&e, "custom"));
+        assert!(!in_queue(&e, "celery"));
+        e.location = Location::Unacked;
+        assert!(in_queue(&e, "custom"));
+        e.location = Location::Result;
+        assert!(
+            !in_queue(&e, "custom"),
+            "results are not entries of a queue"
+        );
+        e.location = Location::Queue;
+        e.queue = None;
+        assert!(!in_queue(&e, "custom"));
     }
 
     #[test]

@@ -28,7 +28,9 @@ enum Pool {
 
 pub(crate) struct OwnerDb {
     pool: Pool,
-    kinds: Vec<IdKind>,
+    /// Each rule's id column type, looked up once: at connect, or at first use by a lazy pool.
+    kinds: tokio::sync::OnceCell<Vec<IdKind>>,
+    rules: Vec<OwnerRule>,
 }
 
 /// Typed id batch for binding.
@@ -112,6 +114,22 @@ impl OwnerDb {
             Ok(result) => result.map_err(unavailable)?,
             Err(_) => return Err(unavailable(sqlx::Error::PoolTimedOut)),
         }
+        let db = Self::lazy(url, rules, timeout)?;
+        db.kinds().await?;
+        Ok(db)
+    }
+
+    /// A pool that connects on first use (a long-lived worker whose database may be down when
+    /// it starts): nothing is checked now; each lookup waits at most `timeout` for a connection.
+    pub(crate) fn lazy(
+        url: &SecretUrl,
+        rules: &[OwnerRule],
+        timeout: std::time::Duration,
+    ) -> Result<Self> {
+        let unavailable = |e: sqlx::Error| EngineError::DatabaseUnavailable {
+            url: url.to_string(),
+            message: url.scrub(&e.to_string()),
+        };
         let pool = if url.scheme() == "sqlite" {
             Pool::Sqlite(
                 SqlitePoolOptions::new()
@@ -129,15 +147,25 @@ impl OwnerDb {
                     .map_err(unavailable)?,
             )
         };
-        let mut db = OwnerDb {
+        Ok(OwnerDb {
             pool,
-            kinds: Vec::new(),
-        };
-        for rule in rules {
-            let kind = db.id_kind(rule).await?;
-            db.kinds.push(kind);
-        }
-        Ok(db)
+            kinds: tokio::sync::OnceCell::new(),
+            rules: rules.to_vec(),
+        })
+    }
+
+    /// Each rule's id column type (looked up once).
+    async fn kinds(&self) -> Result<&[IdKind]> {
+        self.kinds
+            .get_or_try_init(|| async {
+                let mut kinds = Vec::with_capacity(self.rules.len());
+                for rule in &self.rules {
+                    kinds.push(self.id_kind(rule).await?);
+                }
+                Ok::<_, EngineError>(kinds)
+            })
+            .await
+            .map(Vec::as_slice)
     }
 
     async fn id_kind(&self, rule: &OwnerRule) -> Result<IdKind> {
@@ -192,8 +220,8 @@ impl OwnerDb {
         })
     }
 
-    fn typed(&self, rule_idx: usize, ids: &[String], lookup: &mut Lookup) -> Ids {
-        match self.kinds[rule_idx] {
+    fn typed(kind: IdKind, ids: &[String], lookup: &mut Lookup) -> Ids {
+        match kind {
             IdKind::Int => {
                 let mut v = Vec::new();
                 for id in ids {
@@ -235,7 +263,8 @@ impl OwnerDb {
         ids: &[String],
     ) -> Result<Lookup> {
         let mut lookup = Lookup::default();
-        let typed = self.typed(rule_idx, ids, &mut lookup);
+        let kind = self.kinds().await?[rule_idx];
+        let typed = Self::typed(kind, ids, &mut lookup);
         let table = rule.quoted_table();
         let col = quote_ident(&rule.id_column);
         match &self.pool {
@@ -262,7 +291,7 @@ impl OwnerDb {
                         format!("SELECT CAST({col} AS TEXT) FROM {table} WHERE {col} IN ({marks})");
                     let mut q = sqlx::query_scalar::<_, String>(&sql);
                     for v in chunk {
-                        q = match self.kinds[rule_idx] {
+                        q = match kind {
                             IdKind::Int => q.bind(v.parse::<i64>().unwrap_or_default()),
                             _ => q.bind(v.clone()),
                         };
@@ -385,7 +414,8 @@ impl OwnerDb {
              AND {status} = ANY($3) AND {created} < $4 RETURNING {col}::text"
         );
         let q = sqlx::query_scalar::<_, String>(&sql).bind(&lost.lost_status);
-        let q = match self.typed(rule_idx, ids, &mut Lookup::default()) {
+        let kind = self.kinds().await?[rule_idx];
+        let q = match Self::typed(kind, ids, &mut Lookup::default()) {
             Ids::Int(v) => q.bind(v),
             Ids::Uuid(v) => q.bind(v),
             Ids::Text(v) => q.bind(v),
@@ -419,10 +449,11 @@ impl OwnerDb {
         let cutoff = lost_cutoff(lost.lost_after_minutes)
             .format("%Y-%m-%d %H:%M:%S")
             .to_string();
+        let kind = self.kinds().await?[rule_idx];
         let mut changed = Vec::new();
         for id in ids {
             let mut q = sqlx::query(&sql).bind(lost.lost_status.clone());
-            q = match self.kinds[rule_idx] {
+            q = match kind {
                 IdKind::Int => match id.parse::<i64>() {
                     Ok(n) => q.bind(n),
                     Err(_) => continue,

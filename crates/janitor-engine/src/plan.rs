@@ -36,6 +36,37 @@ pub struct PlanOptions {
     pub max_age_hours: Option<f64>,
     /// Also plan marking lost rows.
     pub lost_rows: bool,
+    /// Plan the removal of these revoked tasks' queued and `unacked` copies instead of orphans
+    /// (`revoke`): the same removal path, archived and audited, reason `revoked`.
+    pub revoked: Option<RevokedSelection>,
+}
+
+/// Messages to remove because they were revoked: by task id, or by owner row.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct RevokedSelection {
+    pub task_ids: Vec<String>,
+    /// (table, owner id) pairs.
+    pub owners: Vec<(String, String)>,
+}
+
+impl RevokedSelection {
+    /// Whether `e` is a queued or `unacked` copy of a selected task.
+    fn selects(&self, e: &Entry) -> bool {
+        if e.location == Location::Result {
+            return false;
+        }
+        let by_id = e
+            .task_id
+            .as_ref()
+            .is_some_and(|id| self.task_ids.contains(id));
+        let by_owner = match (&e.owner_table, &e.owner_id, e.state) {
+            (Some(table), Some(id), State::Live | State::Orphaned) => {
+                self.owners.iter().any(|(t, i)| t == table && i == id)
+            }
+            _ => false,
+        };
+        by_id || by_owner
+    }
 }
 
 impl PlanOptions {
@@ -55,7 +86,9 @@ impl PlanOptions {
 
     /// The command this plan is, for the audit log and the run record.
     pub(crate) fn command(&self) -> &'static str {
-        if self.expired_results || self.lost_rows {
+        if self.revoked.is_some() {
+            "revoke"
+        } else if self.expired_results || self.lost_rows {
             "full-cleanup"
         } else {
             "cleanup-orphaned"
@@ -122,6 +155,9 @@ pub struct CleanupPlan {
     pub expired: Vec<Entry>,
     /// Results that can't be aged (STARTED/RETRY, or not JSON): left alone.
     pub unaged: u64,
+    /// Queued and `unacked` copies of revoked tasks (only with a revoked selection).
+    #[serde(serialize_with = "planned_entries")]
+    pub revoked: Vec<Entry>,
     /// Rows to mark lost, per table (only when planned).
     pub lost_rows: Vec<LostRows>,
     /// Owner tables whose lost rows are not planned, with the reason.
@@ -144,7 +180,7 @@ impl CleanupPlan {
     /// What applying this plan would report: the dry run.
     pub fn preview(&self) -> FullCleanupReport {
         let mut report = self.report_skeleton(true);
-        for e in &self.orphans {
+        for e in self.orphans.iter().chain(&self.revoked) {
             report.orphans.removed.add(e.location, 1);
         }
         report.expired_results.removed = self.expired.len() as u64;
@@ -328,6 +364,8 @@ impl LostRowTracker {
 
 /// Orphan candidates and expired results, as the scan hands entries over.
 struct Collector {
+    revoked_selection: Option<RevokedSelection>,
+    revoked: Vec<Entry>,
     expired_results: bool,
     cutoff: DateTime<Utc>,
     found: LocationCounts,
@@ -340,6 +378,15 @@ struct Collector {
 
 impl Collector {
     fn observe(&mut self, mut e: Entry) {
+        if let Some(selection) = &self.revoked_selection {
+            // A revoke removes the selected tasks' copies, nothing else.
+            if selection.selects(&e) {
+                self.found.add(e.location, 1);
+                e.keep_spec_only();
+                self.revoked.push(e);
+            }
+            return;
+        }
         if is_live_work(&e) {
             if let Some(id) = &e.task_id {
                 self.live_task_ids.insert(task_id_hash(id));
@@ -385,6 +432,8 @@ impl Janitor {
     ) -> Result<CleanupPlan> {
         let mut lost = LostRowTracker::read(self, o.lost_rows).await?;
         let mut collector = Collector {
+            revoked_selection: o.revoked.clone(),
+            revoked: Vec::new(),
             expired_results: o.expired_results,
             cutoff: limits.cutoff(),
             found: LocationCounts::default(),
@@ -422,6 +471,7 @@ impl Janitor {
             undecidable: collector.undecidable,
             expired: collector.expired,
             unaged: collector.unaged,
+            revoked: collector.revoked,
             lost_rows,
             skipped_tables,
             live_task_ids: collector.live_task_ids,

@@ -109,7 +109,12 @@ struct Archived {
     pttl: i64,
     run_id: String,
     task_id: Option<String>,
+    /// The owner row (table, id) the removal named.
+    owner: Option<(String, String)>,
 }
+
+/// A message put back: the run that removed it, its task id and owner row.
+pub(crate) type RestoredTask = (String, String, Option<(String, String)>);
 
 impl Archived {
     fn decode(r: ArchiveRecord) -> Result<Archived> {
@@ -126,6 +131,7 @@ impl Archived {
             score: r.score.unwrap_or_default(),
             pttl: r.pttl.unwrap_or(-1),
             task_id: r.task_id,
+            owner: r.owner_table.zip(r.owner_id),
             run_id: r.run_id,
             id: r.archive_id,
         })
@@ -267,6 +273,8 @@ impl Janitor {
         self.audit.sync().await?;
         outcome?;
         self.warn_of_revoked(&restored_tasks, &mut report).await;
+        self.warn_of_durable_revocations(&restored_tasks, &mut report)
+            .await;
         if let (true, false, None, Some(run)) = (unrecorded, opts.dry_run, &record, &run_id) {
             if found_total > 0 && opts.task_ids.is_empty() {
                 let file_here = report.source == RestoreSource::File;
@@ -388,7 +396,7 @@ impl Janitor {
         entries: Vec<Archived>,
         dry_run: bool,
         report: &mut RestoreReport,
-        restored_tasks: &mut Vec<(String, String)>,
+        restored_tasks: &mut Vec<RestoredTask>,
         cx: &RunCtx<'_>,
     ) -> Result<()> {
         let archive = self.own_key(OwnKey::Archive);
@@ -436,7 +444,7 @@ impl Janitor {
                     if let (Location::Queue | Location::Unacked, Some(task)) =
                         (e.location, &e.task_id)
                     {
-                        restored_tasks.push((e.run_id.clone(), task.clone()));
+                        restored_tasks.push((e.run_id.clone(), task.clone(), e.owner.clone()));
                     }
                     self.audit
                         .record(&AuditEvent::Restore {
@@ -460,12 +468,12 @@ impl Janitor {
     /// The cleanup revoked some of these tasks (see `revoke_now`): live workers that heard it
     /// discard them when they arrive, until restarted. Restoring can't take a revoke back, so
     /// say so.
-    async fn warn_of_revoked(&self, restored: &[(String, String)], report: &mut RestoreReport) {
+    async fn warn_of_revoked(&self, restored: &[RestoredTask], report: &mut RestoreReport) {
         if restored.is_empty() {
             return;
         }
         let mut pipe = redis::pipe();
-        for (run, task) in restored {
+        for (run, task, _) in restored {
             pipe.cmd("SISMEMBER").arg(self.revoked_key(run)).arg(task);
         }
         let mut con = self.broker.con.clone();

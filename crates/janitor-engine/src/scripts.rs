@@ -29,6 +29,8 @@ pub(crate) struct Scripts {
     pub(crate) remove_unacked: RemoveUnacked,
     pub(crate) remove_results: RemoveResults,
     pub(crate) restore: RestoreEntry,
+    /// `guard_record.lua`: one guard event, counted, streamed and (its result) archived.
+    pub(crate) guard_record: Script,
     /// `lock.lua`: refresh or release a lock by compare-and-set.
     pub(crate) lock: Script,
 }
@@ -40,6 +42,7 @@ impl Scripts {
             remove_unacked: RemoveUnacked(checked_script!("remove_unacked_entries.lua")),
             remove_results: RemoveResults(checked_script!("remove_results.lua")),
             restore: RestoreEntry(checked_script!("restore_entry.lua")),
+            guard_record: checked_script!("guard_record.lua"),
             lock: Script::new(include_str!("../lua/lock.lua")),
         }
     }
@@ -323,7 +326,7 @@ impl RestoreEntry {
 }
 
 /// Runs a removal script; a failure is a typed error naming the key it is about.
-async fn invoke(
+pub(crate) async fn invoke(
     inv: &mut redis::ScriptInvocation<'_>,
     con: &mut MultiplexedConnection,
     keys: &[&[u8]],

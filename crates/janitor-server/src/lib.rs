@@ -354,11 +354,13 @@ pub async fn shutdown_signal() {
 }
 
 /// `celery-janitor serve`: checks the start-up rules, connects the engine, and serves until
-/// SIGINT or SIGTERM. `bind` (`--bind`) overrides `[api] bind`.
+/// SIGINT or SIGTERM. `bind` (`--bind`) overrides `[api] bind`; `actor` (`--actor`) is the
+/// engine's default audit actor (each request's `api_request` line names its own caller).
 pub async fn serve(
     settings: Settings,
     bind: Option<SocketAddr>,
     insecure_no_auth: bool,
+    actor: Option<String>,
 ) -> Result<(), ServeError> {
     let options = ServeOptions::from_settings(&settings.api, bind, insecure_no_auth);
     let get_env = |k: &str| std::env::var(k).ok();
@@ -371,6 +373,9 @@ pub async fn serve(
     // The rules first: a refused start needs no Redis.
     check_bind(&options, insecure_no_auth || auth.has_credentials())?;
     let janitor = Janitor::connect(settings).await?;
+    if let Some(actor) = actor {
+        janitor.set_actor(actor);
+    }
     let server = Server::bind(janitor, auth, &options).await?;
     let addr = server.local_addr()?;
     let scheme = if server.is_tls() { "https" } else { "http" };

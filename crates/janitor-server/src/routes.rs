@@ -128,7 +128,8 @@ pub(crate) struct TasksQuery {
     state: Option<String>,
     /// Comma-separated locations: `queue`, `unacked`, `result`.
     location: Option<String>,
-    /// Only entries of this queue (not supported yet: answered 400).
+    /// Only entries of this queue: queued in it, or unacked after delivery from it (results are
+    /// left out).
     queue: Option<String>,
     /// Entries per page, 1–10000 (default 100).
     #[param(minimum = 1, maximum = 10000)]
@@ -173,11 +174,6 @@ fn parse_list<T: Copy>(
 
 impl TasksQuery {
     fn options(&self) -> Result<ListOptions, ApiError> {
-        if self.queue.as_deref().is_some_and(|q| !q.is_empty()) {
-            return Err(ApiError::bad_request(
-                "queue: filtering by queue is not supported yet",
-            ));
-        }
         let mut states = match &self.state {
             Some(text) => parse_list("state", text, &EntryState::ALL, EntryState::as_str)?,
             None => Vec::new(),
@@ -210,6 +206,7 @@ impl TasksQuery {
         Ok(ListOptions {
             states,
             locations,
+            queue: self.queue.clone().filter(|q| !q.is_empty()),
             limit: Some(limit),
             cursor,
             ..Default::default()

@@ -359,8 +359,18 @@ async fn tasks_come_in_pages_that_add_up_to_the_engines_listing() {
         );
     }
 
+    let (status, page) = w
+        .admin(Method::GET, "/api/v1/cache/celery-tasks?queue=custom", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let items = page["items"].as_array().unwrap();
+    assert!(!items.is_empty());
+    for item in items {
+        assert_eq!(item["queue"], "custom", "{item}");
+        assert_ne!(item["location"], "result", "{item}");
+    }
+
     for bad in [
-        "?queue=celery",
         "?limit=0",
         "?limit=10001",
         "?limit=ten",

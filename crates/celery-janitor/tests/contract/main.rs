@@ -13,6 +13,7 @@
 mod docs;
 mod errors;
 mod help;
+mod library;
 mod reports;
 mod world;
 
