@@ -72,3 +72,36 @@ async fn hold_the_lock(world: &World) {
         .await
         .unwrap();
 }
+
+/// `serve` refuses to start — exit 2, one line — without credentials, and with
+/// `--insecure-no-auth` off loopback; `token new` prints a token whose digest is in its table.
+#[tokio::test]
+async fn serve_refuses_unsafe_starts_and_token_new_prints_a_usable_table() {
+    let world = World::new().await;
+    for (args, says) in [
+        (vec!["serve"], "no API credentials are configured"),
+        (
+            vec!["serve", "--insecure-no-auth", "--bind", "0.0.0.0:1"],
+            "--insecure-no-auth is refused on 0.0.0.0:1",
+        ),
+    ] {
+        let run = world.run(&args);
+        assert_eq!(run.code, 2, "{}", run.render());
+        let lines: Vec<&str> = run.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{}", run.render());
+        assert!(lines[0].contains(says), "{}", run.render());
+    }
+
+    let run = world.run(&["token", "new", "--name", "ops", "--role", "admin"]);
+    assert_eq!(run.code, 0, "{}", run.render());
+    let (token, table) = run.stdout.split_once('\n').unwrap();
+    assert!(token.starts_with("cjt_"), "{}", run.render());
+    assert!(!table.contains(token));
+    assert!(table.contains(&format!(
+        "sha256 = \"{}\"",
+        janitor_server::token_digest_hex(token)
+    )));
+    assert!(table.contains("role = \"admin\""));
+    let bad = world.run(&["token", "new", "--name", "a b", "--role", "admin"]);
+    assert_eq!(bad.code, 2, "{}", bad.render());
+}
