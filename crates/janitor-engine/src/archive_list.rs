@@ -36,6 +36,12 @@ impl ArchiveQuery {
     pub const DEFAULT_LIMIT: usize = 100;
     /// The largest page.
     pub const MAX_LIMIT: usize = 10_000;
+
+    /// Refuses (with [`EngineError::BadArchiveCursor`]) a cursor that no archive listing hands
+    /// out, without asking Redis: front ends check one before connecting.
+    pub fn check_cursor(cursor: &str) -> Result<()> {
+        Position::parse(cursor).map(drop)
+    }
 }
 
 impl Default for ArchiveQuery {

@@ -367,9 +367,9 @@ impl Janitor {
         Ok(())
     }
 
-    /// How many elements the lists of one queue hold now (LLEN of each): a cheap count that
-    /// needs no scan of the messages.
-    pub(crate) async fn queue_length(&self, queue: &str) -> Result<u64> {
+    /// How many elements the lists of one queue hold now — its bare list and every priority
+    /// sub-list, LLEN of each: a cheap count that reads no message.
+    pub async fn queue_length(&self, queue: &str) -> Result<u64> {
         let names = BTreeSet::from([queue.as_bytes().to_vec()]);
         let cancel = Cancel::default();
         let mut ctx = ScanCtx::new(&crate::progress::NoProgress, &cancel);
