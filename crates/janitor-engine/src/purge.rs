@@ -103,6 +103,9 @@ impl Janitor {
             return Ok(self.preview_audited(&plan, cx).await?.orphans);
         }
         let run = self.begin_run(&options, o.take_over_lock).await?;
+        if let Err(e) = self.note_run_queue(run.id(), &o.queue).await {
+            return Err(run.fail(e, cx).await);
+        }
         let plan = match run.plan(cx).await {
             Ok(plan) => plan,
             Err(e) => return Err(run.fail(e, cx).await),

@@ -147,6 +147,11 @@ async fn purge_removes_every_sublist_keeps_the_rest_and_restore_puts_them_back_i
     let runs = j.runs(10).await.unwrap();
     assert_eq!(runs[0].run_id, report.run_id);
     assert_eq!(runs[0].command, "purge-queue");
+    assert_eq!(
+        runs[0].queue.as_deref(),
+        Some("celery"),
+        "the record names the queue"
+    );
     assert_eq!(runs[0].removed.queue, messages as u64);
     let json = serde_json::to_value(&runs[0]).unwrap();
     for field in [
