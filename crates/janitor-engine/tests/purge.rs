@@ -438,3 +438,83 @@ async fn the_archive_pages_newest_first_without_repeats_and_refuses_bad_input() 
         .unwrap_err();
     assert!(matches!(err, EngineError::BadArchiveCursor { .. }), "{err}");
 }
+
+/// Broker and backend in two databases: results are archived in the backend's stream, messages
+/// in the broker's, and the listing merges them newest first, page after page.
+#[tokio::test]
+async fn the_archive_merges_the_broker_and_backend_streams_across_pages() {
+    let redis = TestRedis::start().await;
+    redis.load_into(&dump("A"), 1, |_| true).await;
+    redis.load_into(&dump("D"), 2, |_| true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db_url = sqlite_owners::create(dir.path()).await;
+    let section = format!(
+        "broker_url = \"{}\"\nresult_backend_url = \"{}\"",
+        redis.url_db(1),
+        redis.url_db(2)
+    );
+    let config = sqlite_owners::config(&section, &db_url, dir.path(), "");
+    let settings =
+        janitor_config::resolve_text(&config, &janitor_config::Flags::default(), &|_| None)
+            .unwrap();
+    let j = Janitor::connect(settings).await.unwrap();
+    let report = j
+        .cleanup(
+            &janitor_engine::CleanupOptions {
+                plan: janitor_engine::PlanOptions::full(),
+                ..Default::default()
+            },
+            &RunCtx::quiet(),
+        )
+        .await
+        .unwrap();
+    let results = report.orphans.removed.result + report.expired_results.removed;
+    let messages = report.orphans.removed.queue;
+    assert!(results > 0 && messages > 0, "{report:?}");
+    let whole = j
+        .archive_entries(&ArchiveQuery {
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(whole.items.len() as u64, results + messages);
+    let in_results = whole
+        .items
+        .iter()
+        .filter(|i| i.location == Location::Result)
+        .count();
+    assert_eq!(in_results as u64, results);
+    let order: Vec<(u64, u64)> = whole
+        .items
+        .iter()
+        .map(|i| {
+            let (ms, seq) = i.archive_id.split_once('-').unwrap();
+            (ms.parse().unwrap(), seq.parse().unwrap())
+        })
+        .collect();
+    assert!(
+        order.windows(2).all(|w| w[0] >= w[1]),
+        "newest first: {order:?}"
+    );
+    for limit in [1, 2, 5] {
+        let mut paged = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = j
+                .archive_entries(&ArchiveQuery {
+                    run_id: None,
+                    limit,
+                    cursor,
+                })
+                .await
+                .unwrap();
+            paged.extend(page.items);
+            match page.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        assert_eq!(paged, whole.items, "pages of {limit}");
+    }
+}
