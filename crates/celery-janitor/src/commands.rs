@@ -5,8 +5,8 @@ use std::io::Write;
 use anyhow::{Context, Result};
 use janitor_config::{Flags, Settings};
 use janitor_engine::{
-    Cancel, CleanupOptions, Janitor, ListOptions, PlanOptions, ReadOptions, RestoreOptions,
-    RevokeOptions, RunCtx, State,
+    ArchiveQuery, Cancel, CleanupOptions, Janitor, ListOptions, PlanOptions, PurgeOptions,
+    ReadOptions, RestoreOptions, RevokeOptions, RunCtx, State,
 };
 
 use crate::cli::{Cli, Command};
@@ -171,6 +171,9 @@ fn command_name(c: &Command) -> &'static str {
         Command::FullCleanup { .. } => "full-cleanup",
         Command::Restore { .. } => "restore",
         Command::Revoke { .. } => "revoke",
+        Command::PurgeQueue { .. } => "purge-queue",
+        Command::Archive { .. } => "archive",
+        Command::Runs { .. } => "runs",
         Command::Init { .. } => "init",
         Command::Serve { .. } => "serve",
         Command::Token { .. } => "token",
@@ -201,6 +204,30 @@ async fn dispatch(
     } = &command
     {
         cursor.parse::<janitor_engine::Cursor>()?;
+    }
+    // A purge nobody confirmed is refused before connecting to anything.
+    if let Command::PurgeQueue {
+        queue,
+        yes: false,
+        dry_run: false,
+        ..
+    } = &command
+    {
+        if host == Host::Embedded || !interactive() {
+            return Err(crate::exit::Refused(format!(
+                "not purging queue {queue:?} without confirmation: there is no terminal to ask \
+                 on; pass --yes to purge it (or --dry-run to see what it would remove)"
+            ))
+            .into());
+        }
+    }
+    if let Command::Archive {
+        cursor: Some(cursor),
+        ..
+    } = &command
+    {
+        // A mistyped cursor is refused before connecting, like `tasks --cursor`.
+        janitor_engine::ArchiveQuery::check_cursor(cursor)?;
     }
     let janitor = Janitor::connect(settings).await?;
     if let Some(actor) = actor {
@@ -333,11 +360,90 @@ async fn dispatch(
             tracing::info!(undo, keys = report.keys, "revoke done");
             output::revoke(out, &report, json)?;
         }
+        Command::PurgeQueue {
+            queue,
+            yes,
+            force,
+            dry_run,
+            take_over_lock,
+            json,
+        } => {
+            let options = PurgeOptions {
+                dry_run,
+                force,
+                take_over_lock,
+                ..PurgeOptions::new(queue)
+            };
+            if !yes && !dry_run && !confirm_purge(&janitor, &options).await? {
+                eprintln!(
+                    "celery-janitor: aborted: the name typed is not {:?}; nothing was changed",
+                    options.queue
+                );
+                return Ok(Code::Failure);
+            }
+            let bar = Bar::new(!json && !quiet);
+            let report = janitor
+                .purge_queue(&options, &RunCtx::new(&bar, cleaning()))
+                .await?;
+            tracing::info!(run_id = %report.run_id, queue = %options.queue, removed = report.removed.total(), "purge-queue done");
+            output::purge(out, &options.queue, &report, json)?;
+        }
+        Command::Archive {
+            run,
+            limit,
+            cursor,
+            json,
+        } => {
+            let page = janitor
+                .archive_entries(&ArchiveQuery {
+                    run_id: run,
+                    limit,
+                    cursor,
+                })
+                .await?;
+            output::archive(out, &page, json)?;
+        }
+        Command::Runs { limit, json } => {
+            let runs = janitor.runs(limit).await?;
+            output::runs(out, &runs, json)?;
+        }
         Command::Init { .. } | Command::Serve { .. } | Command::Token { .. } => {
             unreachable!("handled before connecting")
         }
     }
     Ok(Code::Success)
+}
+
+/// Whether a person can be asked: standard input and standard error are terminals.
+fn interactive() -> bool {
+    use std::io::IsTerminal;
+    std::io::stdin().is_terminal() && std::io::stderr().is_terminal()
+}
+
+/// Asks on the terminal for the queue's name; true when it was typed exactly. A purge of more
+/// than `max` messages without `--force` is not asked about: the engine refuses it.
+async fn confirm_purge(janitor: &Janitor, o: &PurgeOptions) -> Result<bool> {
+    let messages = janitor.queue_length(&o.queue).await?;
+    if messages > o.max && !o.force {
+        return Ok(true);
+    }
+    eprintln!(
+        "Purge queue {:?}: {messages} message{} in its lists (every priority sub-list) will be \
+         removed; each is archived, and `celery-janitor restore --run RUN_ID` puts them back. \
+         unacked is not touched.",
+        o.queue,
+        if messages == 1 { "" } else { "s" }
+    );
+    eprint!("Type the queue name to confirm: ");
+    let mut typed = String::new();
+    let queue = o.queue.clone();
+    // Read off the async threads; an unreadable terminal counts as no answer.
+    let typed =
+        tokio::task::spawn_blocking(move || std::io::stdin().read_line(&mut typed).map(|_| typed))
+            .await
+            .context("the terminal reader stopped")?
+            .unwrap_or_default();
+    Ok(typed.trim_end_matches(['\n', '\r']) == queue)
 }
 
 /// `cleanup-orphaned --startup` that does not run: exit 0, saying why.

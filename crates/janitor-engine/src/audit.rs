@@ -88,6 +88,36 @@ pub struct RequestAudit {
     pub changed: Option<u64>,
 }
 
+tokio::task_local! {
+    /// The actor of the audit lines the current task writes, when its operation names one (a
+    /// purge's `actor`: the HTTP API's caller); else the log's own (see `AuditLog::actor`).
+    static ACTOR: String;
+}
+
+/// Runs `work` with its audit lines naming `actor` (when given) instead of the janitor's own:
+/// per operation, so requests of several callers sharing one [`crate::Janitor`] don't mix.
+pub(crate) async fn as_actor<F: std::future::Future>(actor: Option<String>, work: F) -> F::Output {
+    match actor {
+        Some(actor) => ACTOR.scope(actor, work).await,
+        None => work.await,
+    }
+}
+
+/// Runs `work` — any engine operation, or several — with its audit lines naming `actor` instead
+/// of the janitor's own (see [`crate::Janitor::set_actor`]). For a front end whose callers share
+/// one [`crate::Janitor`], such as the HTTP server: the actor is the task's, so concurrent
+/// operations of different callers never mix.
+pub async fn with_actor<F: std::future::Future>(actor: impl Into<String>, work: F) -> F::Output {
+    as_actor(Some(actor.into()), work).await
+}
+
+/// Sets the line's `actor` when the current operation names one (`as_actor`).
+fn name_actor(event: &mut Value) {
+    if let (Ok(actor), Value::Object(map)) = (ACTOR.try_with(String::clone), event) {
+        map.insert("actor".into(), Value::String(actor));
+    }
+}
+
 /// The archive file and the audit log, written on tokio's blocking pool: a disk write or an
 /// fsync never holds up the async threads (a server's requests, a worker's event loop).
 #[derive(Clone)]
@@ -115,7 +145,8 @@ impl AuditSink {
 
     /// Appends one audit event.
     pub(crate) async fn record(&self, event: &AuditEvent<'_>) -> Result<()> {
-        let value = serde_json::to_value(event).expect("serializable");
+        let mut value = serde_json::to_value(event).expect("serializable");
+        name_actor(&mut value);
         self.off_thread(move |log| log.event(value)).await
     }
 
@@ -124,8 +155,9 @@ impl AuditSink {
         &self,
         run_id: &str,
         records: Vec<ArchiveRecord>,
-        events: Vec<Value>,
+        mut events: Vec<Value>,
     ) -> Result<()> {
+        events.iter_mut().for_each(name_actor);
         let run_id = run_id.to_owned();
         self.off_thread(move |log| {
             log.archive(&run_id, &records)?;

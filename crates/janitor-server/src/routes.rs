@@ -644,12 +644,16 @@ impl AppState {
         facts: fn(&T) -> (Option<String>, Option<u64>),
     ) -> Result<T, ApiError> {
         let s = self.clone();
-        let task = self.tasks.spawn(async move {
-            let result = work.await.map_err(|e| s.engine_error(&e));
-            let entry = audit_entry(&m, &result, facts);
-            s.write_audit(&entry).await;
-            result
-        });
+        // Every audit line of the run names the caller, not the server's process.
+        let actor = m.actor.name.clone();
+        let task = self
+            .tasks
+            .spawn(janitor_engine::with_actor(actor, async move {
+                let result = work.await.map_err(|e| s.engine_error(&e));
+                let entry = audit_entry(&m, &result, facts);
+                s.write_audit(&entry).await;
+                result
+            }));
         match task.await {
             Ok(result) => result,
             Err(e) => {

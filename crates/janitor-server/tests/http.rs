@@ -504,6 +504,14 @@ async fn two_cleanups_at_once_one_is_refused_with_the_holder_then_restore_undoes
         (Some(run_id.as_str()), Some(removed))
     );
     assert!(!audit.contains(ADMIN_TOKEN));
+    // The run's own lines name the caller too.
+    let removals: Vec<Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["action"] == "remove" && v["run_id"] == run_id.as_str())
+        .collect();
+    assert_eq!(removals.len() as u64, removed);
+    assert!(removals.iter().all(|r| r["actor"] == "ops"), "{audit}");
     w.stop().await;
 }
 

@@ -113,17 +113,24 @@ fn json_examples() -> Vec<(String, Value)> {
 /// Objects whose keys are data (table names), not field names.
 const DATA_KEYED: [&str; 2] = ["lost_rows.by_table", "lost_rows.skipped_tables"];
 
-/// Objects that are `null` when there is nothing to say (`revoke`: no revoke was sent).
-const NULLABLE: [&str; 2] = ["revoke", "orphans.revoke"];
+/// Objects that are `null` when there is nothing to say (`revoke`: no revoke was sent;
+/// `owner`: an archived entry of no owner row).
+const NULLABLE: [&str; 3] = ["revoke", "orphans.revoke", "items.owner"];
 
 /// The commands with `--json`, in the order of their examples.
-const JSON_COMMANDS: [&str; 5] = [
+const JSON_COMMANDS: [&str; 8] = [
     "status",
     "tasks",
     "cleanup-orphaned",
     "full-cleanup",
     "restore",
+    "purge-queue",
+    "archive",
+    "runs",
 ];
+
+/// The commands whose `--json` is an array of the documented object.
+const ARRAYS: [&str; 2] = ["tasks", "runs"];
 
 #[test]
 fn every_json_command_has_one_example() {
@@ -136,9 +143,10 @@ fn every_json_command_has_one_example() {
 pub(crate) fn assert_json_examples_match(outputs: &JsonRuns) {
     let mut problems = Vec::new();
     for (command, example) in json_examples() {
-        let documented = match command.as_str() {
-            "tasks" => Shape::Array(Some(Box::new(Shape::of(&example, &DATA_KEYED)))),
-            _ => Shape::of(&example, &DATA_KEYED),
+        let documented = if ARRAYS.contains(&command.as_str()) {
+            Shape::Array(Some(Box::new(Shape::of(&example, &DATA_KEYED))))
+        } else {
+            Shape::of(&example, &DATA_KEYED)
         };
         let runs: Vec<_> = outputs.iter().filter(|r| r.command == command).collect();
         assert!(

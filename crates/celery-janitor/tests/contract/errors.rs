@@ -1,14 +1,15 @@
 //! The exit codes of docs/cli.md as the real binary gives them, with their messages: a usage
-//! error and a configuration error (2), Redis and the database unreachable (3, 4), and a
+//! error, a configuration error and an unconfirmed purge (2), Redis and the database unreachable (3, 4), and a
 //! cleanup refused while another holds the run lock (5). Each runs against the fixed world and
 //! must change nothing.
 
 use crate::world::{insta_settings, World};
 
 /// The cases, in order: their snapshots are `error_<case>`.
-pub(crate) const CASES: [&str; 5] = [
+pub(crate) const CASES: [&str; 6] = [
     "usage",
     "config",
+    "purge_unconfirmed",
     "redis_unreachable",
     "database_unreachable",
     "busy",
@@ -24,9 +25,11 @@ async fn exit_codes_and_messages_of_failures() {
     let _guard = settings.bind_to_scope();
     let redis_url = format!("redis://{CLOSED}/0");
     let database_url = format!("postgresql://root@{CLOSED}/nowhere");
-    let cases: [(&str, Vec<&str>, i32); 5] = [
+    let cases: [(&str, Vec<&str>, i32); 6] = [
         ("usage", vec!["status", "--no-such-flag"], 2),
         ("config", vec!["cleanup-orphaned", "--grace", "-1"], 2),
+        // No terminal to ask on (the tests' standard input is not one) and no --yes.
+        ("purge_unconfirmed", vec!["purge-queue", "celery"], 2),
         (
             "redis_unreachable",
             vec!["--redis-url", &redis_url, "status", "--grace", "0"],
