@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Sequence
 from typing import Any, Union
 
@@ -144,3 +145,64 @@ def _cleanup_flags(dry_run: bool, grace_seconds: float | None, take_over_lock: b
     if take_over_lock:
         flags.append("--take-over-lock")
     return flags
+
+
+def _guard_in_use(config_path: PathArg | None) -> Any:
+    """The guard ``install(app)`` built in this process, when no other config is named."""
+    # Without Celery imported, nothing was installed (and Celery is not imported here).
+    if config_path is not None or "celery" not in sys.modules:
+        return None
+    from celery_janitor import _install  # noqa: PLC0415 (needs Celery)
+
+    inst = _install._any_installed()
+    return None if inst is None else inst.guard
+
+
+def revoke(
+    task_id: str,
+    *,
+    undo: bool = False,
+    config_path: PathArg | None = None,
+    actor: str | None = None,
+) -> dict[str, Any]:
+    """Revoke a task durably (``celery-janitor revoke TASK_ID --json``): every guarded worker
+    skips it, also one started later; live workers get Celery's revoke; its queued and
+    ``unacked`` copies are removed (archived) when no cleanup holds the lock. ``undo`` lifts
+    it. With ``install(app)`` done in this process, uses that app's settings."""
+    guard = _guard_in_use(config_path)
+    if guard is not None:
+        result: dict[str, Any] = guard.revoke([task_id], [], undo, actor)
+        return result
+    argv = global_args(config_path=config_path, actor=actor) + ["revoke", task_id]
+    result = run(argv + (["--undo"] if undo else []))
+    return result
+
+
+def revoke_owner(
+    table: str,
+    owner_id: str | int,
+    *,
+    undo: bool = False,
+    config_path: PathArg | None = None,
+    actor: str | None = None,
+) -> dict[str, Any]:
+    """Revoke every task of one owner row (``celery-janitor revoke --owner TABLE:ID``); see
+    :func:`revoke`."""
+    guard = _guard_in_use(config_path)
+    if guard is not None:
+        result: dict[str, Any] = guard.revoke([], [(table, str(owner_id))], undo, actor)
+        return result
+    argv = global_args(config_path=config_path, actor=actor)
+    argv += ["revoke", "--owner", f"{table}:{owner_id}"]
+    result = run(argv + (["--undo"] if undo else []))
+    return result
+
+
+def stats(*, config_path: PathArg | None = None) -> dict[str, Any]:
+    """The worker guard's counters, per node and in total, and its last events:
+    ``{"totals": {...}, "nodes": {node: {...}}, "recent": [...]}``."""
+    guard = _guard_in_use(config_path)
+    if guard is None:
+        guard = _native.Guard(None if config_path is None else os.fspath(config_path), None)
+    result: dict[str, Any] = guard.stats()
+    return result

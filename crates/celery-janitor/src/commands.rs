@@ -23,6 +23,9 @@ pub(crate) struct Invocation<'a> {
     pub cancel: Option<Cancel>,
     /// Where the report goes (standard output, or a buffer for `run_json`).
     pub out: &'a mut dyn Write,
+    /// What the Celery app's own configuration says (the Python package's worker
+    /// integration), used where flags, environment and file are silent.
+    pub app: Option<janitor_config::AppDefaults>,
 }
 
 pub(crate) fn run(cli: Cli, inv: Invocation<'_>) -> Result<Code> {
@@ -58,7 +61,7 @@ pub(crate) fn run(cli: Cli, inv: Invocation<'_>) -> Result<Code> {
     }
     let get_env = |k: &str| std::env::var(k).ok();
     let discovery = janitor_config::Discovery::standard(&get_env);
-    let settings = janitor_config::resolve_with(&flags, &get_env, &discovery)?;
+    let settings = janitor_config::resolve_for_app(&flags, &get_env, &discovery, inv.app.as_ref())?;
     remember_secrets(
         [&settings.broker_url, &settings.backend_url]
             .into_iter()
@@ -187,7 +190,9 @@ async fn dispatch(
     actor: Option<String>,
     inv: Invocation<'_>,
 ) -> Result<Code> {
-    let Invocation { host, cancel, out } = inv;
+    let Invocation {
+        host, cancel, out, ..
+    } = inv;
     // Read-only commands: Ctrl-C keeps its default meaning in a process (a listing changes
     // nothing, so it just quits); an embedding host may still cancel them.
     let reading = || cancel.clone().unwrap_or_default();

@@ -14,6 +14,8 @@ use std::ffi::OsString;
 
 use clap::Parser;
 
+/// A Celery app's own settings, for [`run_json_for_app`].
+pub use janitor_config::AppDefaults;
 /// A cancellation token for [`main_with_cancel`] and [`run_json_with_cancel`].
 pub use janitor_engine::Cancel;
 
@@ -120,6 +122,7 @@ pub fn main_with_cancel(args: Vec<OsString>, host: Host, cancel: Option<Cancel>)
         host,
         cancel,
         out: &mut stdout,
+        app: None,
     };
     let code = match commands::run(cli, invocation) {
         Ok(code) => code,
@@ -154,6 +157,17 @@ pub fn run_json_with_cancel(
     args: Vec<OsString>,
     cancel: Option<Cancel>,
 ) -> Result<String, Failure> {
+    run_json_for_app(args, None, cancel)
+}
+
+/// [`run_json_with_cancel`] for a Celery app: `app` (its `app.conf`) fills in the Redis URLs,
+/// key prefixes and priority steps where flags, environment and config file are silent, and is
+/// a `config` failure where they disagree (the worker integration's start-up cleanup).
+pub fn run_json_for_app(
+    args: Vec<OsString>,
+    app: Option<AppDefaults>,
+    cancel: Option<Cancel>,
+) -> Result<String, Failure> {
     let cli = cli::Cli::try_parse_from(args).map_err(|e| Failure::usage(&e))?;
     if !cli.command.json() {
         return Err(Failure {
@@ -168,6 +182,7 @@ pub fn run_json_with_cancel(
         host: Host::Embedded,
         cancel,
         out: &mut buffer,
+        app,
     };
     match commands::run(cli, invocation) {
         Ok(Code::Success) => String::from_utf8(buffer).map_err(|e| Failure {

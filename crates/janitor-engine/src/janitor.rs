@@ -161,31 +161,37 @@ impl Janitor {
     /// Connects to Redis (broker and backend) and the owner database, and checks the owner
     /// tables exist.
     pub async fn connect(settings: Settings) -> Result<Self> {
+        // Redis first: an unreachable Redis is reported as such whatever the database says.
+        let (broker, backend, shared_redis) = Self::connect_redis(&settings).await?;
         let db_url = settings
             .database_url
             .as_ref()
             .ok_or(EngineError::NoDatabase)?;
         let db = OwnerDb::connect(db_url, settings.owners.rules()).await?;
-        Self::with_db(settings, db, DEFAULT_GUARD_TIMEOUT).await
+        Ok(Self::assemble(
+            settings,
+            (broker, backend, shared_redis),
+            db,
+            DEFAULT_GUARD_TIMEOUT,
+        ))
     }
 
     /// Connects to Redis now and to the owner database on first use: for a long-lived worker
     /// process whose database may be down when it starts. Each owner lookup (and each guard
     /// check or record) waits at most `timeout`.
     pub async fn connect_lazy_db(settings: Settings, timeout: std::time::Duration) -> Result<Self> {
+        let redis = Self::connect_redis(&settings).await?;
         let db_url = settings
             .database_url
             .as_ref()
             .ok_or(EngineError::NoDatabase)?;
         let db = OwnerDb::lazy(db_url, settings.owners.rules(), timeout)?;
-        Self::with_db(settings, db, timeout).await
+        Ok(Self::assemble(settings, redis, db, timeout))
     }
 
-    async fn with_db(
-        settings: Settings,
-        db: OwnerDb,
-        guard_timeout: std::time::Duration,
-    ) -> Result<Self> {
+    /// The broker, the backend (the same handle when they are the same Redis) and whether
+    /// they are.
+    async fn connect_redis(settings: &Settings) -> Result<(RedisHandle, RedisHandle, bool)> {
         let broker = RedisHandle::connect(&settings.broker_url).await?;
         let shared_redis =
             janitor_config::same_redis(settings.broker_url.expose(), settings.backend_url.expose());
@@ -194,6 +200,15 @@ impl Janitor {
         } else {
             RedisHandle::connect(&settings.backend_url).await?
         };
+        Ok((broker, backend, shared_redis))
+    }
+
+    fn assemble(
+        settings: Settings,
+        (broker, backend, shared_redis): (RedisHandle, RedisHandle, bool),
+        db: OwnerDb,
+        guard_timeout: std::time::Duration,
+    ) -> Self {
         let mut broker_layout = BrokerLayout {
             prefix: settings.broker_prefix.clone(),
             priority_steps: settings.priority_steps.clone(),
@@ -207,7 +222,7 @@ impl Janitor {
             settings.audit_log.clone(),
             settings.archive_dir.clone(),
         ));
-        Ok(Janitor {
+        Janitor {
             settings,
             broker,
             backend,
@@ -218,7 +233,7 @@ impl Janitor {
             scripts: Scripts::load(),
             audit,
             guard_timeout,
-        })
+        }
     }
 
     pub fn settings(&self) -> &Settings {

@@ -10,6 +10,8 @@
 //! wakes every 100 ms to let Python see Ctrl-C, which asks the command to stop at its next safe
 //! point (a cleanup between batches), as the binary does.
 
+mod guard;
+
 use std::ffi::OsString;
 use std::sync::mpsc;
 use std::time::Duration;
@@ -56,7 +58,7 @@ fn janitor_error(py: Python<'_>) -> PyResult<Bound<'_, PyType>> {
 }
 
 /// The one place a [`Failure`] becomes a Python exception.
-fn to_py_err(py: Python<'_>, failure: Failure) -> PyErr {
+pub(crate) fn to_py_err(py: Python<'_>, failure: Failure) -> PyErr {
     let Failure {
         code,
         message,
@@ -149,6 +151,26 @@ fn run_json(py: Python<'_>, argv: Vec<String>) -> PyResult<String> {
     result.map_err(|failure| to_py_err(py, failure))
 }
 
+/// [`run_json`] for a Celery app: `app_defaults` (a dict of its `app.conf` values, see
+/// `Guard`) fills in what the config is silent about and must agree with what it says.
+#[pyfunction]
+#[pyo3(signature = (argv, app_defaults=None))]
+fn run_json_for_app(
+    py: Python<'_>,
+    argv: Vec<String>,
+    app_defaults: Option<Bound<'_, PyDict>>,
+) -> PyResult<String> {
+    let app = guard::app_defaults_arg(app_defaults.as_ref())?;
+    let args = os_args(argv);
+    let (result, signal) = run_interruptibly(py, move |cancel| {
+        celery_janitor::run_json_for_app(args, app, Some(cancel))
+    })?;
+    if let Some(signal) = signal {
+        return Err(signal);
+    }
+    result.map_err(|failure| to_py_err(py, failure))
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
@@ -162,5 +184,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(main, m)?)?;
     m.add_function(wrap_pyfunction!(run_json, m)?)?;
+    m.add_function(wrap_pyfunction!(run_json_for_app, m)?)?;
+    m.add_class::<guard::Guard>()?;
     Ok(())
 }

@@ -34,6 +34,8 @@ class CeleryWorker:
         visibility_timeout: float | None = None,
         prefetch_multiplier: int = 4,
         pool: str = "solo",
+        concurrency: int | None = None,
+        extra_env: dict[str, str] | None = None,
     ) -> None:
         self.log_path = log_path
         self.name = f"scanner{next(_counter)}-{os.getpid()}@localhost"
@@ -61,6 +63,7 @@ class CeleryWorker:
             env["C_FORCE_ROOT"] = "1"
         if visibility_timeout is not None:
             env["SCANNER_VISIBILITY_TIMEOUT"] = str(visibility_timeout)
+        env.update(extra_env or {})
         self.env = env
         self.argv = [
             sys.executable,
@@ -80,6 +83,8 @@ class CeleryWorker:
             "--without-mingle",
             "--without-gossip",
         ]
+        if concurrency is not None:
+            self.argv.append(f"--concurrency={concurrency}")
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> CeleryWorker:
