@@ -128,23 +128,44 @@ ensure_venv() {
     fi
 }
 
-# Recreate $TEST_VENV from nothing, install the pinned test packages into it (maturin among them),
-# then `pip install .` the repository's Python package: maturin builds the extension module with
-# the dev profile into the workspace's target directory (CARGO_TARGET_DIR when set), so it reuses
-# what `cargo build` already compiled.
-install_test_venv() {
-    local python="${PYTHON:-python3}" venv="${TEST_VENV:?}"
+# Where install_test_venv leaves the package's wheel, for every venv that needs it.
+TEST_WHEEL_DIR="$REPO_ROOT/target/test-wheel"
+# The Celery 5.3 worker venv of the guard's tests (tests/celery53/requirements.txt).
+CELERY53_VENV="$REPO_ROOT/target/test-venv-celery53"
+
+# Make `venv` a new, empty venv; only ever a directory under target/.
+recreate_venv() {
+    local python="${PYTHON:-python3}" venv="${1:?recreate_venv needs a directory}"
     case "$venv" in
-    "${REPO_ROOT:?}"/target/*) ;;
-    *) die "refusing to recreate $venv: the test venv lives under $REPO_ROOT/target" ;;
+    "${REPO_ROOT:?}"/target/?*) ;;
+    *) die "refusing to recreate $venv: test venvs live under $REPO_ROOT/target" ;;
     esac
     command -v "$python" >/dev/null 2>&1 || die "$python not found: run scripts/setup first"
     rm -rf -- "${venv:?}"
     "$python" -m venv "${venv:?}" ||
         die "could not create a venv (on Debian/Ubuntu: apt-get install python3-venv)"
+}
+
+# Recreate $TEST_VENV from nothing, install the pinned test packages into it (maturin among them),
+# then build the repository's Python package once as a wheel (maturin, dev profile, into the
+# workspace's target directory, so it reuses what `cargo build` already compiled) and install it:
+# the tests import that installed copy, never the source tree.
+install_test_venv() {
+    local venv="${TEST_VENV:?}" wheels="${TEST_WHEEL_DIR:?}"
+    recreate_venv "$venv"
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "${PY_REQUIREMENTS:?}"
+    rm -rf -- "${wheels:?}"
     # No build isolation: maturin comes pinned from the requirements, not fetched per run (its
     # build hook runs the `maturin` of PATH, so the venv's bin goes first).
-    PATH="$venv/bin:$PATH" MATURIN_PEP517_ARGS="--profile dev" "$venv/bin/python" -m pip install --quiet \
-        --disable-pip-version-check --no-build-isolation "${REPO_ROOT:?}"
+    PATH="$venv/bin:$PATH" MATURIN_PEP517_ARGS="--profile dev" "$venv/bin/python" -m pip wheel \
+        --quiet --disable-pip-version-check --no-build-isolation --no-deps -w "$wheels" "${REPO_ROOT:?}"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$wheels"/celery_janitor-*.whl
+}
+
+# Recreate the Celery 5.3 venv with the wheel install_test_venv built (run that first).
+install_celery53_venv() {
+    local venv="${CELERY53_VENV:?}" wheels="${TEST_WHEEL_DIR:?}"
+    recreate_venv "$venv"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+        -r "${REPO_ROOT:?}/tests/celery53/requirements.txt" "$wheels"/celery_janitor-*.whl
 }

@@ -174,6 +174,51 @@ pub(crate) enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Remove every message of one queue, all priorities (archived, restorable)
+    PurgeQueue {
+        /// The queue's name (e.g. celery)
+        #[arg(value_name = "NAME")]
+        queue: String,
+        /// Purge without asking to type the queue name
+        #[arg(long)]
+        yes: bool,
+        /// Purge even when the queue holds more than purge_max messages (100000)
+        #[arg(long)]
+        force: bool,
+        /// Show what would be removed, change nothing (asks nothing)
+        #[arg(long)]
+        dry_run: bool,
+        /// Take over a run lock that is stale (its holder ran on this host and is gone, or it never expires)
+        #[arg(long)]
+        take_over_lock: bool,
+        /// Machine-readable output
+        #[arg(long)]
+        json: bool,
+    },
+    /// List archived entries, newest first (metadata only, never their bytes)
+    Archive {
+        /// Only entries of this run
+        #[arg(long, value_name = "RUN_ID")]
+        run: Option<String>,
+        /// At most N entries, 1-10000
+        #[arg(long, value_name = "N", default_value_t = 100, value_parser = parse_limit)]
+        limit: usize,
+        /// Start where the previous page ended (its next_cursor)
+        #[arg(long, value_name = "CURSOR")]
+        cursor: Option<String>,
+        /// Machine-readable output
+        #[arg(long)]
+        json: bool,
+    },
+    /// List recent runs from the run record, newest first
+    Runs {
+        /// At most N runs, 1-1000
+        #[arg(long, value_name = "N", default_value_t = 20, value_parser = parse_runs_limit)]
+        limit: usize,
+        /// Machine-readable output
+        #[arg(long)]
+        json: bool,
+    },
     /// Write a commented starter config file
     Init {
         /// Where to write it
@@ -183,20 +228,75 @@ pub(crate) enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Serve the HTTP API until SIGINT or SIGTERM
+    Serve {
+        /// Address to listen on [default: [api] bind, else 127.0.0.1:8000]
+        #[arg(long, value_name = "ADDR")]
+        bind: Option<std::net::SocketAddr>,
+        /// Serve without authentication (refused on a non-loopback address)
+        #[arg(long)]
+        insecure_no_auth: bool,
+    },
+    /// `token new`: print a new API token and its config table
+    Token {
+        #[arg(value_enum)]
+        action: TokenAction,
+        /// The token's name: the actor in the audit log
+        #[arg(long, value_name = "NAME")]
+        name: String,
+        /// What the token may do
+        #[arg(long, value_enum)]
+        role: TokenRole,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub(crate) enum TokenAction {
+    /// Generate a new token
+    New,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub(crate) enum TokenRole {
+    /// Every endpoint
+    Admin,
+    /// Only reads (GET)
+    Viewer,
 }
 
 impl Command {
-    /// Whether the command was given `--json` (`init` has no such flag).
+    /// Whether the command was given `--json` (`init`, `serve` and `token` have no such flag).
     pub(crate) fn json(&self) -> bool {
         match self {
             Command::Status { json, .. }
             | Command::Tasks { json, .. }
             | Command::Restore { json, .. }
-            | Command::Revoke { json, .. } => *json,
+            | Command::Revoke { json, .. }
+            | Command::PurgeQueue { json, .. }
+            | Command::Archive { json, .. }
+            | Command::Runs { json, .. } => *json,
             Command::CleanupOrphaned { opts, .. } | Command::FullCleanup { opts, .. } => opts.json,
-            Command::Init { .. } => false,
+            Command::Init { .. } | Command::Serve { .. } | Command::Token { .. } => false,
         }
     }
+}
+
+/// A page size from 1 to `max`.
+fn parse_count(text: &str, max: usize) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(format!("expected a whole number from 1 to {max}")),
+    }
+}
+
+/// `archive --limit`: 1 to 10000.
+fn parse_limit(text: &str) -> Result<usize, String> {
+    parse_count(text, janitor_engine::ArchiveQuery::MAX_LIMIT)
+}
+
+/// `runs --limit`: 1 to the number of runs the record keeps.
+fn parse_runs_limit(text: &str) -> Result<usize, String> {
+    parse_count(text, janitor_engine::RUNS_KEPT)
 }
 
 /// `TABLE:ID`, split at the first `:` (a table name has none; an id may).

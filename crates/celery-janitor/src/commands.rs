@@ -5,8 +5,8 @@ use std::io::Write;
 use anyhow::{Context, Result};
 use janitor_config::{Flags, Settings};
 use janitor_engine::{
-    Cancel, CleanupOptions, Janitor, ListOptions, PlanOptions, ReadOptions, RestoreOptions,
-    RevokeOptions, RunCtx, State,
+    ArchiveQuery, Cancel, CleanupOptions, Janitor, ListOptions, PlanOptions, PurgeOptions,
+    ReadOptions, RestoreOptions, RevokeOptions, RunCtx, State,
 };
 
 use crate::cli::{Cli, Command};
@@ -32,6 +32,9 @@ pub(crate) fn run(cli: Cli, inv: Invocation<'_>) -> Result<Code> {
     let Cli { global, command } = cli;
     if let Command::Init { path, force } = &command {
         return init(inv.out, path, *force);
+    }
+    if let Command::Token { name, role, .. } = &command {
+        return token_new(inv.out, name, *role);
     }
     let mut flags = Flags {
         config: global.config.clone(),
@@ -79,7 +82,64 @@ pub(crate) fn run(cli: Cli, inv: Invocation<'_>) -> Result<Code> {
         .build()
         .context("cannot start the async runtime")?;
     let (quiet, actor) = (global.quiet, global.actor);
+    if let Command::Serve {
+        bind,
+        insecure_no_auth,
+    } = command
+    {
+        return runtime.block_on(serve(settings, bind, insecure_no_auth, actor, inv.host));
+    }
     runtime.block_on(async move { dispatch(settings, command, quiet, actor, inv).await })
+}
+
+/// `serve`: the server's start-up refusals are configuration errors (exit 2); the engine's
+/// errors keep their codes. It runs in a process of its own only: it answers until SIGINT or
+/// SIGTERM.
+async fn serve(
+    settings: Settings,
+    bind: Option<std::net::SocketAddr>,
+    insecure_no_auth: bool,
+    actor: Option<String>,
+    host: Host,
+) -> Result<Code> {
+    if host == Host::Embedded {
+        anyhow::bail!(janitor_config::ConfigError::Invalid {
+            key: "serve".into(),
+            message: "the server runs in a process of its own: run the celery-janitor command"
+                .into(),
+        });
+    }
+    match janitor_server::serve(settings, bind, insecure_no_auth, actor).await {
+        Ok(()) => Ok(Code::Success),
+        Err(janitor_server::ServeError::Startup(e)) => {
+            eprintln!("celery-janitor: error: {}", scrub(&e.to_string()));
+            Ok(Code::Config)
+        }
+        Err(janitor_server::ServeError::Engine(e)) => Err(e.into()),
+        Err(janitor_server::ServeError::Io(e)) => Err(e.into()),
+    }
+}
+
+/// `token new`: the token once, then the table to paste, on `out`; the advice on standard error.
+fn token_new(out: &mut dyn Write, name: &str, role: crate::cli::TokenRole) -> Result<Code> {
+    let role = match role {
+        crate::cli::TokenRole::Admin => janitor_config::ApiRole::Admin,
+        crate::cli::TokenRole::Viewer => janitor_config::ApiRole::Viewer,
+    };
+    let new = match janitor_server::new_token(name, role) {
+        Ok(new) => new,
+        Err(message) => {
+            eprintln!("celery-janitor: error: {message}");
+            return Ok(Code::Config);
+        }
+    };
+    writeln!(out, "{}", new.token)?;
+    out.flush()?;
+    eprintln!();
+    eprintln!("Keep the token above: it is shown only this once. Add this to the config file:");
+    eprintln!();
+    write!(out, "{}", new.toml)?;
+    Ok(Code::Success)
 }
 
 /// The URLs of every settings resolved in this process (one for the binary; one per call for an
@@ -114,7 +174,12 @@ fn command_name(c: &Command) -> &'static str {
         Command::FullCleanup { .. } => "full-cleanup",
         Command::Restore { .. } => "restore",
         Command::Revoke { .. } => "revoke",
+        Command::PurgeQueue { .. } => "purge-queue",
+        Command::Archive { .. } => "archive",
+        Command::Runs { .. } => "runs",
         Command::Init { .. } => "init",
+        Command::Serve { .. } => "serve",
+        Command::Token { .. } => "token",
     }
 }
 
@@ -144,6 +209,30 @@ async fn dispatch(
     } = &command
     {
         cursor.parse::<janitor_engine::Cursor>()?;
+    }
+    // A purge nobody confirmed is refused before connecting to anything.
+    if let Command::PurgeQueue {
+        queue,
+        yes: false,
+        dry_run: false,
+        ..
+    } = &command
+    {
+        if host == Host::Embedded || !interactive() {
+            return Err(crate::exit::Refused(format!(
+                "not purging queue {queue:?} without confirmation: there is no terminal to ask \
+                 on; pass --yes to purge it (or --dry-run to see what it would remove)"
+            ))
+            .into());
+        }
+    }
+    if let Command::Archive {
+        cursor: Some(cursor),
+        ..
+    } = &command
+    {
+        // A mistyped cursor is refused before connecting, like `tasks --cursor`.
+        janitor_engine::ArchiveQuery::check_cursor(cursor)?;
     }
     let janitor = Janitor::connect(settings).await?;
     if let Some(actor) = actor {
@@ -276,9 +365,90 @@ async fn dispatch(
             tracing::info!(undo, keys = report.keys, "revoke done");
             output::revoke(out, &report, json)?;
         }
-        Command::Init { .. } => unreachable!("handled before connecting"),
+        Command::PurgeQueue {
+            queue,
+            yes,
+            force,
+            dry_run,
+            take_over_lock,
+            json,
+        } => {
+            let options = PurgeOptions {
+                dry_run,
+                force,
+                take_over_lock,
+                ..PurgeOptions::new(queue)
+            };
+            if !yes && !dry_run && !confirm_purge(&janitor, &options).await? {
+                eprintln!(
+                    "celery-janitor: aborted: the name typed is not {:?}; nothing was changed",
+                    options.queue
+                );
+                return Ok(Code::Failure);
+            }
+            let bar = Bar::new(!json && !quiet);
+            let report = janitor
+                .purge_queue(&options, &RunCtx::new(&bar, cleaning()))
+                .await?;
+            tracing::info!(run_id = %report.run_id, queue = %options.queue, removed = report.removed.total(), "purge-queue done");
+            output::purge(out, &options.queue, &report, json)?;
+        }
+        Command::Archive {
+            run,
+            limit,
+            cursor,
+            json,
+        } => {
+            let page = janitor
+                .archive_entries(&ArchiveQuery {
+                    run_id: run,
+                    limit,
+                    cursor,
+                })
+                .await?;
+            output::archive(out, &page, json)?;
+        }
+        Command::Runs { limit, json } => {
+            let runs = janitor.runs(limit).await?;
+            output::runs(out, &runs, json)?;
+        }
+        Command::Init { .. } | Command::Serve { .. } | Command::Token { .. } => {
+            unreachable!("handled before connecting")
+        }
     }
     Ok(Code::Success)
+}
+
+/// Whether a person can be asked: standard input and standard error are terminals.
+fn interactive() -> bool {
+    use std::io::IsTerminal;
+    std::io::stdin().is_terminal() && std::io::stderr().is_terminal()
+}
+
+/// Asks on the terminal for the queue's name; true when it was typed exactly. A purge of more
+/// than `max` messages without `--force` is not asked about: the engine refuses it.
+async fn confirm_purge(janitor: &Janitor, o: &PurgeOptions) -> Result<bool> {
+    let messages = janitor.queue_length(&o.queue).await?;
+    if messages > o.max && !o.force {
+        return Ok(true);
+    }
+    eprintln!(
+        "Purge queue {:?}: {messages} message{} in its lists (every priority sub-list) will be \
+         removed; each is archived, and `celery-janitor restore --run RUN_ID` puts them back. \
+         unacked is not touched.",
+        o.queue,
+        if messages == 1 { "" } else { "s" }
+    );
+    eprint!("Type the queue name to confirm: ");
+    let mut typed = String::new();
+    let queue = o.queue.clone();
+    // Read off the async threads; an unreadable terminal counts as no answer.
+    let typed =
+        tokio::task::spawn_blocking(move || std::io::stdin().read_line(&mut typed).map(|_| typed))
+            .await
+            .context("the terminal reader stopped")?
+            .unwrap_or_default();
+    Ok(typed.trim_end_matches(['\n', '\r']) == queue)
 }
 
 /// `cleanup-orphaned --startup` that does not run: exit 0, saying why.

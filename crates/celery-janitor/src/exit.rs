@@ -63,9 +63,22 @@ impl Code {
     }
 }
 
+/// A command line that can't be run as given, found after clap parsed it (`purge-queue`
+/// without `--yes` and no terminal to ask on): a usage error, exit 2.
+#[derive(Debug)]
+pub(crate) struct Refused(pub(crate) String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
+
 impl Code {
     pub(crate) fn of(err: &anyhow::Error) -> Code {
-        if err.downcast_ref::<ConfigError>().is_some() {
+        if err.downcast_ref::<ConfigError>().is_some() || err.downcast_ref::<Refused>().is_some() {
             return Code::Config;
         }
         let Some(err) = err.downcast_ref::<EngineError>() else {
@@ -80,7 +93,9 @@ impl Code {
         match err.root() {
             EngineError::NoDatabase
             | EngineError::InvalidOption(_)
-            | EngineError::BadCursor { .. } => Code::Config,
+            | EngineError::BadCursor { .. }
+            | EngineError::BadArchiveCursor { .. }
+            | EngineError::PurgeTooLarge { .. } => Code::Config,
             EngineError::Busy { .. } => Code::Busy,
             EngineError::Interrupted => Code::Interrupted,
             _ => Code::Failure,
@@ -105,9 +120,13 @@ impl Code {
 
 /// The kind of a failed command's error, from its type (never its text): one of `config`,
 /// `bad_cursor`, `redis_unreachable`, `database_unreachable`, `busy`, `interrupted`, `failed`
-/// (`usage` is a command line clap refused, decided before any error of this kind exists).
+/// (`usage`: a command line clap refused, decided before any error of this kind exists, or one
+/// refused as given — [`Refused`]).
 pub(crate) fn kind(err: &anyhow::Error) -> &'static str {
-    if let Some(EngineError::BadCursor { .. }) =
+    if err.downcast_ref::<Refused>().is_some() {
+        return "usage";
+    }
+    if let Some(EngineError::BadCursor { .. } | EngineError::BadArchiveCursor { .. }) =
         err.downcast_ref::<EngineError>().map(EngineError::root)
     {
         return "bad_cursor";

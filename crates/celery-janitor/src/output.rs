@@ -5,7 +5,8 @@ use std::io::Write;
 use anyhow::Result;
 use janitor_config::Settings;
 use janitor_engine::{
-    CleanupReport, FullCleanupReport, Page, RestoreReport, RestoreSource, StatusReport, TaskRow,
+    ArchivePage, CleanupReport, FullCleanupReport, Page, RestoreReport, RestoreSource, RunRecord,
+    StatusReport, TaskRow,
 };
 use serde::Serialize;
 
@@ -339,6 +340,119 @@ pub(crate) fn cleanup(out: &mut dyn Write, r: &CleanupReport, json: bool) -> Res
     }
     cleanup_lines(out, r)?;
     run_footer(out, &r.run_id, r.dry_run)?;
+    Ok(())
+}
+
+/// `purge-queue`: the cleanup report's JSON; a report of its own for people.
+pub(crate) fn purge(out: &mut dyn Write, queue: &str, r: &CleanupReport, json: bool) -> Result<()> {
+    if json {
+        return print_json(out, r);
+    }
+    let verb = if r.dry_run { "would remove" } else { "removed" };
+    writeln!(
+        out,
+        "Queue {queue}: found {} message{} (every priority sub-list)",
+        r.found.queue,
+        if r.found.queue == 1 { "" } else { "s" }
+    )?;
+    writeln!(out, "  {verb} {}; archived {}", r.removed.queue, r.archived)?;
+    if r.skipped.changed > 0 {
+        writeln!(
+            out,
+            "  kept: {} taken by a worker before their removal",
+            r.skipped.changed
+        )?;
+    }
+    if r.undecidable > 0 {
+        writeln!(
+            out,
+            "  {} list element{} that {} not Celery messages left alone",
+            r.undecidable,
+            if r.undecidable == 1 { "" } else { "s" },
+            if r.undecidable == 1 { "is" } else { "are" }
+        )?;
+    }
+    run_footer(out, &r.run_id, r.dry_run)
+}
+
+/// `archive`: `{"items": [...], "next_cursor": ...}` with `--json`; else a table and, when more
+/// entries follow, the cursor of the next page.
+pub(crate) fn archive(out: &mut dyn Write, page: &ArchivePage, json: bool) -> Result<()> {
+    if json {
+        return print_json(out, page);
+    }
+    if page.items.is_empty() {
+        writeln!(out, "No archived entries.")?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:<20} {:<26} {:<8} {:<10} {:<24} {:<38} {:<28} OWNER",
+        "ARCHIVE ID", "RUN", "WHERE", "REASON", "KEY", "TASK ID", "TASK"
+    )?;
+    for i in &page.items {
+        let owner = i
+            .owner
+            .as_ref()
+            .map_or_else(|| "-".to_owned(), |o| format!("{}#{}", o.table, o.id));
+        writeln!(
+            out,
+            "{:<20} {:<26} {:<8} {:<10} {:<24} {:<38} {:<28} {}",
+            i.archive_id,
+            i.run_id.as_deref().unwrap_or("-"),
+            i.location.as_str(),
+            i.reason.as_deref().unwrap_or("-"),
+            i.key,
+            i.task_id.as_deref().unwrap_or("-"),
+            i.task_name.as_deref().unwrap_or("-"),
+            owner
+        )?;
+    }
+    writeln!(
+        out,
+        "{} entr{}",
+        page.items.len(),
+        if page.items.len() == 1 { "y" } else { "ies" }
+    )?;
+    if let Some(cursor) = &page.next_cursor {
+        writeln!(out, "Next page: --cursor {cursor}")?;
+    }
+    Ok(())
+}
+
+/// `runs`: the records as stored with `--json`; else one line per run.
+pub(crate) fn runs(out: &mut dyn Write, runs: &[RunRecord], json: bool) -> Result<()> {
+    if json {
+        return print_json(out, &runs);
+    }
+    if runs.is_empty() {
+        writeln!(out, "No runs recorded.")?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:<26} {:<17} {:<11} {:<20} {:<20} {:>7} {:>8} {:>6}  HOST",
+        "RUN", "COMMAND", "OUTCOME", "STARTED", "ENDED", "REMOVED", "ARCHIVED", "MARKED"
+    )?;
+    let time = |t: &chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M:%S").to_string();
+    for r in runs {
+        writeln!(
+            out,
+            "{:<26} {:<17} {:<11} {:<20} {:<20} {:>7} {:>8} {:>6}  {}",
+            r.run_id,
+            r.command,
+            r.outcome.as_str(),
+            time(&r.started_at),
+            r.ended_at.as_ref().map_or_else(|| "-".to_owned(), time),
+            r.removed.total(),
+            r.archived,
+            r.lost_rows_marked,
+            r.host
+        )?;
+        if let Some(error) = &r.error {
+            writeln!(out, "  error: {error}")?;
+        }
+    }
     Ok(())
 }
 

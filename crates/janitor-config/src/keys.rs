@@ -6,20 +6,25 @@
 
 use serde::de::{self, Deserialize, Visitor};
 
+use crate::api::{ApiSection, ApiTokenFile, JwtSection};
 use crate::owners::OwnerRuleFile;
 use crate::{
     ArchiveSection, CleanupSection, DatabaseSection, FileConfig, GuardSection, LoggingSection,
     RedisSection, RevokeSection,
 };
 
+/// `[api]`'s sub-tables, listed as sections of their own (`[[api.tokens]]`, `[api.jwt]`), as a
+/// TOML file writes them.
+const API_TABLES: [&str; 2] = ["tokens", "jwt"];
+
 /// Every key the config file accepts, by section, in the order they are declared: the
 /// `[redis]`, `[database]`, `[cleanup]`, `[logging]`, `[archive]`, `[guard]` and `[revoke]`
-/// tables and the keys of each
-/// `[[owners]]` table.
-pub fn file_keys() -> Vec<(&'static str, &'static [&'static str])> {
+/// tables, the keys of each `[[owners]]` table, and `[api]` with its `[[api.tokens]]` and
+/// `[api.jwt]` tables.
+pub fn file_keys() -> Vec<(&'static str, Vec<&'static str>)> {
     fields_of::<FileConfig>()
         .iter()
-        .map(|&section| {
+        .flat_map(|&section| {
             let keys = match section {
                 "redis" => fields_of::<RedisSection>(),
                 "database" => fields_of::<DatabaseSection>(),
@@ -29,9 +34,21 @@ pub fn file_keys() -> Vec<(&'static str, &'static [&'static str])> {
                 "guard" => fields_of::<GuardSection>(),
                 "revoke" => fields_of::<RevokeSection>(),
                 "owners" => fields_of::<OwnerRuleFile>(),
+                "api" => {
+                    let own = fields_of::<ApiSection>()
+                        .iter()
+                        .copied()
+                        .filter(|k| !API_TABLES.contains(k))
+                        .collect();
+                    return vec![
+                        ("api", own),
+                        ("api.tokens", fields_of::<ApiTokenFile>().to_vec()),
+                        ("api.jwt", fields_of::<JwtSection>().to_vec()),
+                    ];
+                }
                 other => panic!("FileConfig has a section `{other}` that file_keys() lacks"),
             };
-            (section, keys)
+            vec![(section, keys.to_vec())]
         })
         .collect()
 }
@@ -98,19 +115,33 @@ mod tests {
         let keys = file_keys();
         assert_eq!(
             keys.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
-            ["redis", "database", "cleanup", "logging", "archive", "guard", "revoke", "owners"]
+            [
+                "redis",
+                "database",
+                "cleanup",
+                "logging",
+                "archive",
+                "guard",
+                "revoke",
+                "owners",
+                "api",
+                "api.tokens",
+                "api.jwt"
+            ]
         );
         for (section, fields) in &keys {
             assert!(!fields.is_empty(), "{section}");
             let header = if *section == "owners" {
                 "[[owners]]\ntable = \"t\"\nid_column = \"id\"\ntasks = [\"a\"]\nid_from = \"arg:0\"\n"
                     .to_owned()
+            } else if *section == "api.tokens" {
+                "[[api.tokens]]\n".to_owned()
             } else {
                 format!("[{section}]\n")
             };
             let unknown = format!("{header}no_such_key = 1\n");
             let err = crate::parse_file(&unknown).unwrap_err();
-            for field in *fields {
+            for field in fields {
                 assert!(
                     err.contains(&format!("`{field}`")),
                     "{section}.{field}: {err}"

@@ -5,6 +5,7 @@
 //! result into [`Settings`], which the rest of the program uses. Environment variables are the
 //! constants in [`env`]. URLs are held in [`SecretUrl`], which never prints a password.
 
+mod api;
 mod app;
 mod keys;
 mod owners;
@@ -15,6 +16,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use api::{
+    api_defaults, parse_bind, ApiRole, ApiSection, ApiSettings, ApiToken, ApiTokenFile, ClaimRule,
+    IpRange, JwtAlgorithm, JwtKeySource, JwtSection, JwtSettings,
+};
 pub use app::{agree, same_redis, AppDefaults};
 pub use keys::file_keys;
 pub use owners::{
@@ -120,6 +125,9 @@ pub struct FileConfig {
     pub revoke: RevokeSection,
     #[serde(default)]
     pub owners: Vec<owners::OwnerRuleFile>,
+    /// The HTTP server (`serve`): see `api.rs`.
+    #[serde(default)]
+    pub api: ApiSection,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -372,6 +380,8 @@ pub struct Settings {
     pub audit_log: PathBuf,
     pub archive_dir: PathBuf,
     pub owners: Owners,
+    /// `[api]`: the HTTP server's settings.
+    pub api: ApiSettings,
 }
 
 /// Reads and parses a config file.
@@ -725,6 +735,7 @@ fn build(
     }
 
     let owners = Owners::from_file(&file.owners)?;
+    let api = api::resolve_api(&file.api, &in_file_dir)?;
 
     Ok(Settings {
         config_path,
@@ -759,6 +770,7 @@ fn build(
             .or(file.archive.dir.as_ref().map(in_file_dir))
             .unwrap_or_else(|| defaults::ARCHIVE_DIR.into()),
         owners,
+        api,
     })
 }
 

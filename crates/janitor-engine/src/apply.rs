@@ -39,6 +39,7 @@ const ARCHIVE_MAXLEN: u64 = 100_000;
 const ORPHANED: &str = "orphaned";
 const EXPIRED: &str = "expired";
 const REVOKED: &str = "revoked";
+const PURGED: &str = "purged";
 
 /// A whole cleanup, as `cleanup-orphaned` and `full-cleanup` run it.
 #[derive(Debug, Clone, Default)]
@@ -75,26 +76,36 @@ impl Janitor {
     /// Plans and applies a cleanup (or, with `dry_run`, previews the plan).
     pub async fn cleanup(&self, o: &CleanupOptions, cx: &RunCtx<'_>) -> Result<FullCleanupReport> {
         if o.dry_run {
-            let report = self.plan(&o.plan, cx).await?.preview();
-            self.audit
-                .record(&AuditEvent::Run {
-                    command: o.plan.command(),
-                    run_id: &report.run_id,
-                    dry_run: true,
-                    outcome: "completed",
-                    error: None,
-                    report: &report,
-                })
-                .await?;
-            self.audit.sync().await?;
-            cx.progress.finish();
-            return Ok(report);
+            let plan = self.plan(&o.plan, cx).await?;
+            return self.preview_audited(&plan, cx).await;
         }
         let run = self.begin_run(&o.plan, o.take_over_lock).await?;
         match run.plan(cx).await {
             Ok(plan) => run.apply(plan, cx).await,
             Err(e) => Err(run.fail(e, cx).await),
         }
+    }
+
+    /// A plan's preview (the dry run), with its audit line.
+    pub(crate) async fn preview_audited(
+        &self,
+        plan: &CleanupPlan,
+        cx: &RunCtx<'_>,
+    ) -> Result<FullCleanupReport> {
+        let report = plan.preview();
+        self.audit
+            .record(&AuditEvent::Run {
+                command: plan.options.command(),
+                run_id: &report.run_id,
+                dry_run: true,
+                outcome: "completed",
+                error: None,
+                report: &report,
+            })
+            .await?;
+        self.audit.sync().await?;
+        cx.progress.finish();
+        Ok(report)
     }
 
     /// Takes the run lock and records the run. The options' numbers are checked first, so a
@@ -200,6 +211,20 @@ impl Run<'_> {
                 .remove(
                     REVOKED,
                     std::mem::take(&mut plan.revoked),
+                    &mut report.orphans,
+                )
+                .await;
+            report.batch_in_doubt |= remover.in_doubt;
+            removed?;
+        }
+        if !plan.purged.is_empty() {
+            // A purge is not about dead work: a message a worker took first is running as it
+            // should, and one removed comes back with `restore` — neither is revoked.
+            remover.revoke_taken = false;
+            let removed = remover
+                .remove(
+                    PURGED,
+                    std::mem::take(&mut plan.purged),
                     &mut report.orphans,
                 )
                 .await;
@@ -327,7 +352,7 @@ impl Run<'_> {
         let recorded = janitor
             .close_run_record(&self.run_id, outcome_name, &report, error)
             .await;
-        if outcome.is_ok() && self.options.revoked.is_none() {
+        if outcome.is_ok() && self.options.revoked.is_none() && self.options.purge_queue.is_none() {
             janitor
                 .note_completed_cleanup(&self.run_id, self.options.command())
                 .await;
@@ -374,6 +399,8 @@ struct Remover<'r> {
     in_doubt: bool,
     /// Task ids revoked so far.
     revoked: HashSet<String>,
+    /// Revoke what is removed from `unacked` or found taken from a list (not for a purge).
+    revoke_taken: bool,
     /// Task ids (hashed) of live work: never revoked (see `CleanupPlan::live_task_ids`).
     live_task_ids: &'r HashSet<u64>,
 }
@@ -388,6 +415,7 @@ impl<'r> Remover<'r> {
             progress: cx.progress,
             in_doubt: false,
             revoked: HashSet::new(),
+            revoke_taken: true,
             live_task_ids,
         }
     }
@@ -721,6 +749,9 @@ impl<'r> Remover<'r> {
         task_ids: Vec<String>,
         report: &mut CleanupReport,
     ) -> Result<()> {
+        if !self.revoke_taken {
+            return Ok(());
+        }
         let mut fresh: Vec<String> = task_ids
             .into_iter()
             .filter(|t| !self.revoked.contains(t) && !self.shares_id_with_live_work(t))

@@ -333,8 +333,11 @@ impl AuditLog {
     pub(crate) fn event(&self, mut event: Value) -> Result<()> {
         if let Value::Object(map) = &mut event {
             map.insert("ts".into(), Value::String(chrono::Utc::now().to_rfc3339()));
-            let actor = self.actor.read().unwrap_or_else(|e| e.into_inner()).clone();
-            map.insert("actor".into(), Value::String(actor));
+            // An operation that names its own actor has set it already (`audit::as_actor`).
+            if !map.contains_key("actor") {
+                let actor = self.actor.read().unwrap_or_else(|e| e.into_inner()).clone();
+                map.insert("actor".into(), Value::String(actor));
+            }
         }
         let mut guard = self.files.lock().expect("audit lock");
         if guard.is_none() {

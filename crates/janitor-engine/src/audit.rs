@@ -42,6 +42,9 @@ pub(crate) enum AuditEvent<'a> {
         status: Option<&'a str>,
         ids: &'a [String],
     },
+    /// A mutating request to the HTTP API: who asked, which request, and how it ended (its
+    /// run's own `run` line says what changed).
+    ApiRequest(&'a RequestAudit),
     /// One archived entry put back.
     Restore {
         run_id: &'a str,
@@ -59,6 +62,67 @@ pub(crate) enum AuditEvent<'a> {
         /// The run that removed their queued copies, if it ran.
         run_id: Option<&'a str>,
     },
+}
+
+/// A mutating request to the HTTP API, as its `api_request` audit line records it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RequestAudit {
+    /// The token's name or the JWT's `sub`.
+    pub actor: String,
+    /// How the actor authenticated: `token`, `jwt` or `none` (`--insecure-no-auth`).
+    pub credential: String,
+    /// The request's `X-Request-Id`.
+    pub request_id: String,
+    /// `POST /api/v1/cache/cleanup/orphaned-tasks`, …
+    pub endpoint: String,
+    /// The run the request started (or restored), when it got that far.
+    pub run_id: Option<String>,
+    pub dry_run: bool,
+    /// The HTTP status answered.
+    pub status: u16,
+    /// `completed`, or the error code answered (`busy`, `bad_request`, …).
+    pub outcome: String,
+    /// The error message answered, scrubbed of secrets.
+    pub error: Option<String>,
+    /// Entries removed, restored or rows marked (`None`: not known, or nothing ran).
+    pub changed: Option<u64>,
+}
+
+tokio::task_local! {
+    /// The actor of the audit lines the current task writes, when its operation names one (a
+    /// purge's `actor`: the HTTP API's caller); else the log's own (see `AuditLog::actor`).
+    static ACTOR: String;
+}
+
+/// Runs `work` with its audit lines naming `actor` (when given) instead of the janitor's own:
+/// per operation, so requests of several callers sharing one [`crate::Janitor`] don't mix.
+pub(crate) async fn as_actor<F: std::future::Future>(actor: Option<String>, work: F) -> F::Output {
+    match actor {
+        Some(actor) => ACTOR.scope(actor, work).await,
+        None => work.await,
+    }
+}
+
+/// Runs `work` — any engine operation, or several — with its audit lines naming `actor` instead
+/// of the janitor's own (see [`crate::Janitor::set_actor`]). For a front end whose callers share
+/// one [`crate::Janitor`], such as the HTTP server: the actor is the task's, so concurrent
+/// operations of different callers never mix.
+pub async fn with_actor<F: std::future::Future>(actor: impl Into<String>, work: F) -> F::Output {
+    as_actor(Some(actor.into()), work).await
+}
+
+/// Who the current operation is done for: its own actor (`as_actor`), else the log's.
+pub(crate) fn current_actor(log: &AuditLog) -> String {
+    ACTOR
+        .try_with(String::clone)
+        .unwrap_or_else(|_| log.actor())
+}
+
+/// Sets the line's `actor` when the current operation names one (`as_actor`).
+fn name_actor(event: &mut Value) {
+    if let (Ok(actor), Value::Object(map)) = (ACTOR.try_with(String::clone), event) {
+        map.insert("actor".into(), Value::String(actor));
+    }
 }
 
 /// The archive file and the audit log, written on tokio's blocking pool: a disk write or an
@@ -88,7 +152,8 @@ impl AuditSink {
 
     /// Appends one audit event.
     pub(crate) async fn record(&self, event: &AuditEvent<'_>) -> Result<()> {
-        let value = serde_json::to_value(event).expect("serializable");
+        let mut value = serde_json::to_value(event).expect("serializable");
+        name_actor(&mut value);
         self.off_thread(move |log| log.event(value)).await
     }
 
@@ -97,8 +162,9 @@ impl AuditSink {
         &self,
         run_id: &str,
         records: Vec<ArchiveRecord>,
-        events: Vec<Value>,
+        mut events: Vec<Value>,
     ) -> Result<()> {
+        events.iter_mut().for_each(name_actor);
         let run_id = run_id.to_owned();
         self.off_thread(move |log| {
             log.archive(&run_id, &records)?;

@@ -16,6 +16,7 @@ use crate::spec::ValueSpec;
     Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize, PartialOrd, Ord,
 )]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Location {
     Queue,
     Unacked,
@@ -36,6 +37,7 @@ impl Location {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum State {
     /// The owner row exists.
     Live,
@@ -96,6 +98,9 @@ pub struct Entry {
     pub(crate) read_at: Option<std::time::Instant>,
     /// What a plan keeps of `raw` once it drops the bytes (see [`Entry::keep_spec_only`]).
     pub(crate) spec: Option<ValueSpec>,
+    /// Not a kombu message at all (a list element that is no Celery envelope): a queue purge
+    /// leaves it alone, as a cleanup does.
+    pub(crate) foreign: bool,
 }
 
 impl Entry {
@@ -121,6 +126,7 @@ impl Entry {
             owner_rule: None,
             read_at: None,
             spec: None,
+            foreign: false,
         }
     }
 
@@ -214,7 +220,10 @@ pub(crate) fn pre_classify(raw: RawEntry, owners: &Owners) -> Entry {
             e.list_len = Some(list_len);
             match Envelope::parse(&e.raw) {
                 Ok(env) => classify_message(e, &env, owners),
-                Err(err) => e.undecidable(format!("not a Celery message: {err}")),
+                Err(err) => {
+                    e.foreign = true;
+                    e.undecidable(format!("not a Celery message: {err}"))
+                }
             }
         }
         RawEntry::Unacked { key, field, raw } => {

@@ -85,6 +85,25 @@ pub enum EngineError {
     },
     #[error("archive record is not valid base64: {0}")]
     ArchiveEncoding(#[from] base64::DecodeError),
+    /// A queue purge of more messages than allowed (`[api] purge_max`) without `force`:
+    /// nothing was changed.
+    #[error("queue {queue} holds {messages} messages, more than the {max} a purge removes without force; nothing was changed (purge it anyway with --force, or \"force\": true over the API)")]
+    PurgeTooLarge {
+        queue: String,
+        /// Messages in the queue's lists when counted.
+        messages: u64,
+        /// The limit (`[api] purge_max`).
+        max: u64,
+    },
+    /// An archive listing's cursor that is not one [`Janitor::archive_entries`] handed out.
+    ///
+    /// [`Janitor::archive_entries`]: crate::Janitor::archive_entries
+    #[error("invalid archive cursor {cursor:?}: {reason}")]
+    BadArchiveCursor {
+        /// The cursor as given (its first 64 characters).
+        cursor: String,
+        reason: &'static str,
+    },
     /// A listing's cursor that is not one [`Janitor::list`](crate::Janitor::list) handed out for
     /// this listing (mistyped, from another version, or for other states or locations).
     #[error("invalid cursor {cursor:?}: {reason}")]

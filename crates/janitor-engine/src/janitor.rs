@@ -79,6 +79,7 @@ pub struct Janitor {
 }
 
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RedisInfo {
     pub connected: bool,
     pub used_memory_bytes: Option<u64>,
@@ -86,6 +87,7 @@ pub struct RedisInfo {
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TaskCounts {
     pub in_redis: u64,
     pub orphaned: u64,
@@ -99,6 +101,7 @@ pub struct TaskCounts {
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ResultCounts {
     /// Result keys with no task name (`result_extended` off).
     pub unnamed: u64,
@@ -110,6 +113,7 @@ pub struct ResultCounts {
 }
 
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StatusReport {
     pub redis: RedisInfo,
     pub tasks: TaskCounts,
@@ -272,6 +276,25 @@ impl Janitor {
             used_memory_bytes,
             connected_clients,
         })
+    }
+
+    /// Appends an `api_request` line to the audit log (the HTTP server calls it for every
+    /// mutating request).
+    pub async fn audit_request(&self, request: &crate::audit::RequestAudit) -> Result<()> {
+        self.audit
+            .record(&crate::audit::AuditEvent::ApiRequest(request))
+            .await?;
+        self.audit.sync().await
+    }
+
+    /// Whether Redis (broker and backend) and the owner database answer: a `PING` each and a
+    /// `SELECT 1`. For health checks; says nothing about the data.
+    pub async fn ping(&self) -> Result<()> {
+        for handle in [&self.broker, &self.backend] {
+            let mut con = handle.con.clone();
+            redis::cmd("PING").query_async::<()>(&mut con).await?;
+        }
+        self.db.ping().await
     }
 
     /// Counts every entry by state and location, and the owner rows. Orphans are confirmed

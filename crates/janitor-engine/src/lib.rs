@@ -10,9 +10,11 @@
 // `scripts` (the Lua), under `lock`, writing `archive` and `audit`; `revoke` tells workers;
 // `runs` records each run; `restore` undoes one; `list` pages the entries. `guard` answers a
 // worker about one task before it runs; `revoke` also keeps durable revocations for it;
-// `startup` decides whether a worker's start-up cleanup runs.
+// `startup` decides whether a worker's start-up cleanup runs. `purge` empties one queue through
+// the same plan/apply path; `archive_list` pages the archive stream's metadata.
 mod apply;
 mod archive;
+mod archive_list;
 mod audit;
 mod cancel;
 mod classify;
@@ -26,6 +28,7 @@ mod lock;
 mod owners_db;
 mod plan;
 mod progress;
+mod purge;
 mod redis_io;
 mod reports;
 mod restore;
@@ -38,6 +41,8 @@ mod startup;
 
 pub use apply::{CleanupOptions, Run};
 pub use archive::{open_private_append, printable, write_private_file, ArchiveRecord};
+pub use archive_list::{ArchiveItem, ArchiveOwner, ArchivePage, ArchiveQuery};
+pub use audit::{with_actor, RequestAudit};
 pub use cancel::Cancel;
 pub use classify::{Entry, Location, State};
 pub use context::RunCtx;
@@ -52,6 +57,7 @@ pub use list::{Cursor, ListOptions, Page, TaskRow};
 pub use lock::Holder;
 pub use plan::{CleanupPlan, LostRows, PlanOptions, RevokedSelection};
 pub use progress::{NoProgress, Progress};
+pub use purge::{PurgeOptions, DEFAULT_PURGE_MAX};
 pub use reports::{
     CleanupReport, ExpiredResultsReport, FullCleanupReport, LocationCounts, LostRowsReport,
     RevokeReport, SkipCounts,

@@ -54,6 +54,7 @@ pub struct Page<T> {
 /// One listed entry: the row of `tasks --json` (docs/cli.md), serialized field for field as the
 /// CLI has always printed it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TaskRow {
     pub task_id: Option<String>,
     pub task_name: Option<String>,

@@ -26,6 +26,7 @@ const HEARTBEAT: Duration = Duration::from_secs(5);
 
 /// Who holds the run lock: the lock key's value, as JSON.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Holder {
     pub host: String,
     pub pid: u32,

@@ -304,6 +304,18 @@ impl OwnerDb {
         Ok(lookup)
     }
 
+    /// `SELECT 1`: the database answers.
+    pub(crate) async fn ping(&self) -> Result<()> {
+        let answered: std::result::Result<i32, sqlx::Error> = match &self.pool {
+            Pool::Pg(pool) => sqlx::query_scalar("SELECT 1").fetch_one(pool).await,
+            Pool::Sqlite(pool) => sqlx::query_scalar("SELECT 1").fetch_one(pool).await,
+        };
+        answered.map(drop).map_err(|e| EngineError::DatabaseLost {
+            table: "(health check)".into(),
+            message: e.to_string(),
+        })
+    }
+
     pub(crate) async fn count_rows(&self, rule: &OwnerRule) -> Result<u64> {
         let sql = format!("SELECT count(*) FROM {}", rule.quoted_table());
         let n: i64 = match &self.pool {

@@ -39,6 +39,12 @@ pub struct PlanOptions {
     /// Plan the removal of these revoked tasks' queued and `unacked` copies instead of orphans
     /// (`revoke`): the same removal path, archived and audited, reason `revoked`.
     pub revoked: Option<RevokedSelection>,
+    /// Plan the removal of every message queued in this queue (its bare list and all its
+    /// priority sub-lists) instead of orphans, whatever their owner's state (`purge-queue`):
+    /// the same removal path, archived and audited, reason `purged`. Only the queue's lists are
+    /// read; `unacked` and results are not. List elements that are not Celery messages are left
+    /// alone (counted as `undecidable`), as a cleanup leaves them.
+    pub purge_queue: Option<String>,
 }
 
 /// Messages to remove because they were revoked: by task id, or by owner row.
@@ -86,7 +92,9 @@ impl PlanOptions {
 
     /// The command this plan is, for the audit log and the run record.
     pub(crate) fn command(&self) -> &'static str {
-        if self.revoked.is_some() {
+        if self.purge_queue.is_some() {
+            "purge-queue"
+        } else if self.revoked.is_some() {
             "revoke"
         } else if self.expired_results || self.lost_rows {
             "full-cleanup"
@@ -158,6 +166,9 @@ pub struct CleanupPlan {
     /// Queued and `unacked` copies of revoked tasks (only with a revoked selection).
     #[serde(serialize_with = "planned_entries")]
     pub revoked: Vec<Entry>,
+    /// Messages of the purged queue (only with `purge_queue`).
+    #[serde(serialize_with = "planned_entries")]
+    pub purged: Vec<Entry>,
     /// Rows to mark lost, per table (only when planned).
     pub lost_rows: Vec<LostRows>,
     /// Owner tables whose lost rows are not planned, with the reason.
@@ -180,7 +191,7 @@ impl CleanupPlan {
     /// What applying this plan would report: the dry run.
     pub fn preview(&self) -> FullCleanupReport {
         let mut report = self.report_skeleton(true);
-        for e in self.orphans.iter().chain(&self.revoked) {
+        for e in self.orphans.iter().chain(&self.revoked).chain(&self.purged) {
             report.orphans.removed.add(e.location, 1);
         }
         report.expired_results.removed = self.expired.len() as u64;
@@ -366,6 +377,8 @@ impl LostRowTracker {
 struct Collector {
     revoked_selection: Option<RevokedSelection>,
     revoked: Vec<Entry>,
+    purge_queue: Option<String>,
+    purged: Vec<Entry>,
     expired_results: bool,
     cutoff: DateTime<Utc>,
     found: LocationCounts,
@@ -378,6 +391,20 @@ struct Collector {
 
 impl Collector {
     fn observe(&mut self, mut e: Entry) {
+        if let Some(queue) = &self.purge_queue {
+            // A purge removes every message of the queue's lists, whoever owns it; what is not
+            // a Celery message at all is left alone, as a cleanup leaves it.
+            if e.location == Location::Queue && e.queue.as_deref() == Some(queue.as_str()) {
+                if e.foreign {
+                    self.undecidable += 1;
+                } else {
+                    self.found.add(e.location, 1);
+                    e.keep_spec_only();
+                    self.purged.push(e);
+                }
+            }
+            return;
+        }
         if let Some(selection) = &self.revoked_selection {
             // A revoke removes the selected tasks' copies, nothing else.
             if selection.selects(&e) {
@@ -434,6 +461,8 @@ impl Janitor {
         let mut collector = Collector {
             revoked_selection: o.revoked.clone(),
             revoked: Vec::new(),
+            purge_queue: o.purge_queue.clone(),
+            purged: Vec::new(),
             expired_results: o.expired_results,
             cutoff: limits.cutoff(),
             found: LocationCounts::default(),
@@ -444,11 +473,14 @@ impl Janitor {
             live_task_ids: HashSet::new(),
         };
         let mut scan = ScanCtx::new(cx.progress, &cx.cancel);
-        self.scan(&mut scan, &mut |e: Entry| {
+        let mut sink = |e: Entry| {
             lost.observe(&e);
             collector.observe(e);
-        })
-        .await?;
+        };
+        match &o.purge_queue {
+            Some(queue) => self.scan_queue(queue, &mut scan, &mut sink).await?,
+            None => self.scan(&mut scan, &mut sink).await?,
+        }
         let mut candidates = std::mem::take(&mut collector.candidates);
         self.confirm(
             &mut candidates,
@@ -472,6 +504,7 @@ impl Janitor {
             expired: collector.expired,
             unaged: collector.unaged,
             revoked: collector.revoked,
+            purged: collector.purged,
             lost_rows,
             skipped_tables,
             live_task_ids: collector.live_task_ids,

@@ -10,6 +10,7 @@ use crate::classify::Location;
 /// Entries per location: found, removed, and a run record's counts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LocationCounts {
     pub queue: u64,
     pub unacked: u64,
@@ -31,6 +32,7 @@ impl LocationCounts {
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SkipCounts {
     /// The entry moved or changed before it could be removed (a worker took it).
     pub changed: u64,
@@ -41,6 +43,7 @@ pub struct SkipCounts {
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RevokeReport {
     pub task_ids: u64,
     /// Live workers that received the revoke broadcast (0: none was listening).
@@ -48,6 +51,7 @@ pub struct RevokeReport {
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CleanupReport {
     pub run_id: String,
     pub dry_run: bool,
@@ -63,6 +67,7 @@ pub struct CleanupReport {
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ExpiredResultsReport {
     pub max_age_hours: f64,
     pub removed: u64,
@@ -75,6 +80,7 @@ pub struct ExpiredResultsReport {
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LostRowsReport {
     pub marked: u64,
     pub by_table: BTreeMap<String, u64>,
@@ -83,6 +89,7 @@ pub struct LostRowsReport {
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FullCleanupReport {
     pub run_id: String,
     pub dry_run: bool,

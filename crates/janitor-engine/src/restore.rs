@@ -55,6 +55,7 @@ pub struct RestoreOptions {
 /// Where the entries were read.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum RestoreSource {
     /// An archive file (completed with the run's stream entries it lacks).
     File,
@@ -64,6 +65,7 @@ pub enum RestoreSource {
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RestoreReport {
     /// The run restored (`None` with `--all`, or when no run is archived).
     pub run_id: Option<String>,
@@ -257,6 +259,7 @@ impl Janitor {
             )
             .await?;
 
+        let pending = consume_order(pending);
         let mut found = LocationCounts::default();
         for e in &pending {
             found.add(e.location, 1);
@@ -610,6 +613,19 @@ impl Janitor {
         }
         Ok(out)
     }
+}
+
+/// The order to restore in: queue messages go back to the consume end of their list (RPUSH),
+/// so the one archived last is pushed first — removals go tail first, so a list's messages come
+/// back in the order they were queued (a purged queue as it was). Other entries keep their
+/// order, ahead of the messages.
+fn consume_order(entries: Vec<Archived>) -> Vec<Archived> {
+    let (mut queued, mut rest): (Vec<Archived>, Vec<Archived>) = entries
+        .into_iter()
+        .partition(|e| e.location == Location::Queue);
+    queued.sort_by_key(|e| std::cmp::Reverse(stream_id_order(&e.id)));
+    rest.extend(queued);
+    rest
 }
 
 /// The number of entries a run archived, if its record knows it.

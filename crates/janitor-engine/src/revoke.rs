@@ -67,8 +67,9 @@ pub struct RevokeOptions {
     pub owners: Vec<(String, String)>,
     /// Lift these revocations instead (delete the keys; nothing is broadcast or removed).
     pub undo: bool,
-    /// Who asked, kept in the revocation (default: this janitor's actor, see
-    /// [`Janitor::set_actor`]; the audit line names that actor as every line does).
+    /// Who asked: kept in the revocation and named by the audit lines of the revoke (default:
+    /// the current operation's actor, see [`crate::with_actor`], else this janitor's, see
+    /// [`Janitor::set_actor`]).
     pub actor: Option<String>,
     /// Take over a stale run lock (see `CleanupOptions::take_over_lock`).
     pub take_over_lock: bool,
@@ -153,6 +154,15 @@ impl Janitor {
     /// holds it, or reported when it fails once the revocations are written (it is
     /// best-effort). With `undo`, deletes the revocation keys and does nothing else.
     pub async fn revoke(&self, o: &RevokeOptions, cx: &RunCtx<'_>) -> Result<DurableRevokeReport> {
+        // Its audit lines (and the removal run's) name the revoke's actor, when it names one.
+        crate::audit::as_actor(o.actor.clone(), self.revoke_as_actor(o, cx)).await
+    }
+
+    async fn revoke_as_actor(
+        &self,
+        o: &RevokeOptions,
+        cx: &RunCtx<'_>,
+    ) -> Result<DurableRevokeReport> {
         self.check_revoke_targets(o)?;
         let mut keys: Vec<Vec<u8>> = o
             .task_ids
@@ -200,7 +210,7 @@ impl Janitor {
         let ttl_ms = (ttl_days * 86_400_000.0).round().max(1.0) as u64;
         let value = serde_json::to_string(&Revocation {
             revoked_at: chrono::Utc::now().to_rfc3339(),
-            actor: Some(o.actor.clone().unwrap_or_else(|| self.audit.log().actor())),
+            actor: Some(crate::audit::current_actor(self.audit.log())),
             expires_in_s: None,
         })
         .expect("serializable");

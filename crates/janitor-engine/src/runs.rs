@@ -75,6 +75,7 @@ impl From<RunOutcome> for String {
 
 /// One run, as kept in `celery-janitor:runs`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RunRecord {
     /// `YYYYmmddTHHMMSSZ-xxxxxxxx`: sorts by start time, to the second (records are ordered by
     /// `started_at`).
@@ -89,6 +90,8 @@ pub struct RunRecord {
     pub ended_at: Option<DateTime<Utc>>,
     /// Absolute path of the run's archive file, on `host`.
     pub archive_file: String,
+    /// "running", "completed", "failed", "interrupted" (or a newer version's name).
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub outcome: RunOutcome,
     /// Entries removed (and archived), per location: orphans and expired results.
     #[serde(default)]
@@ -102,6 +105,9 @@ pub struct RunRecord {
     /// The archive file holds every entry the run archived, and is fsync'd.
     #[serde(default)]
     pub file_synced: bool,
+    /// The queue a `purge-queue` run emptied (`None` for other runs).
+    #[serde(default)]
+    pub queue: Option<String>,
     /// Fields added by other components or versions, kept as they are.
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
@@ -195,6 +201,7 @@ impl Janitor {
             lost_rows_marked: 0,
             error: None,
             file_synced: false,
+            queue: None,
             extra: serde_json::Map::new(),
         }
     }
@@ -281,6 +288,15 @@ impl Janitor {
         record.file_synced = true;
         record.extra.insert("recorded_by".into(), "restore".into());
         self.put_run(&record).await
+    }
+
+    /// Names, in a running purge's record, the queue it empties (kept when the run ends).
+    pub(crate) async fn note_run_queue(&self, run_id: &str, queue: &str) -> Result<()> {
+        if let Some(mut record) = self.run_record(run_id).await? {
+            record.queue = Some(queue.to_owned());
+            self.put_run(&record).await?;
+        }
+        Ok(())
     }
 
     /// The newest `limit` run records, newest first.

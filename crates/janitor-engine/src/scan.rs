@@ -22,12 +22,14 @@ const WRONG_TYPE_EXAMPLES: usize = 10;
 /// Keys where Celery keeps a list, hash, zset, set or string that hold another type: skipped by
 /// the scan (never removed), counted so `status` can show them.
 #[derive(Debug, Clone, Default, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WrongTypeKeys {
     pub count: u64,
     pub examples: Vec<WrongTypeKey>,
 }
 
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WrongTypeKey {
     pub key: String,
     #[serde(rename = "type")]
@@ -312,17 +314,29 @@ impl Janitor {
         ctx: &mut ScanCtx<'_>,
     ) -> Result<BTreeMap<Vec<u8>, String>> {
         let names = self.queue_names(routing_keys, ctx).await?;
+        let configured = self.settings.queues.is_some();
+        self.lists_of(&names, configured, ctx).await
+    }
+
+    /// The list keys of the queues `names` (bare keys, configured priority steps), plus the
+    /// `<queue>\x06\x16<n>` sub-lists one SCAN finds — of those queues only when `only_named`,
+    /// else of any queue. Keys of another type are noted and left out.
+    async fn lists_of(
+        &self,
+        names: &BTreeSet<Vec<u8>>,
+        only_named: bool,
+        ctx: &mut ScanCtx<'_>,
+    ) -> Result<BTreeMap<Vec<u8>, String>> {
         let layout = &self.broker_layout;
         let mut lists = BTreeMap::new();
-        for q in &names {
+        for q in names {
             for key in layout.queue_keys(q) {
                 lists.insert(key, String::from_utf8_lossy(q).into_owned());
             }
         }
-        let configured = self.settings.queues.is_some();
         for key in self.broker.scan_all(&layout.sublist_scan_pattern()).await? {
             if let Some((q, step)) = layout.split_queue_key(&key) {
-                if step > 0 && (!configured || names.contains(q)) {
+                if step > 0 && (!only_named || names.contains(q)) {
                     let name = String::from_utf8_lossy(q).into_owned();
                     lists.insert(key, name);
                 }
@@ -338,6 +352,40 @@ impl Janitor {
             }
         }
         Ok(lists)
+    }
+
+    /// Reads every list of one queue (its bare list and all its priority sub-lists) and
+    /// nothing else: what a queue purge plans from.
+    pub(crate) async fn scan_queue(
+        &self,
+        queue: &str,
+        ctx: &mut ScanCtx<'_>,
+        sink: &mut (dyn FnMut(Entry) + Send),
+    ) -> Result<()> {
+        let names = BTreeSet::from([queue.as_bytes().to_vec()]);
+        for (key, name) in &self.lists_of(&names, true, ctx).await? {
+            self.scan_list(key, name, ctx, sink).await?;
+        }
+        Ok(())
+    }
+
+    /// How many elements the lists of one queue hold now — its bare list and every priority
+    /// sub-list, LLEN of each: a cheap count that reads no message.
+    pub async fn queue_length(&self, queue: &str) -> Result<u64> {
+        let names = BTreeSet::from([queue.as_bytes().to_vec()]);
+        let cancel = Cancel::default();
+        let mut ctx = ScanCtx::new(&crate::progress::NoProgress, &cancel);
+        let lists = self.lists_of(&names, true, &mut ctx).await?;
+        if lists.is_empty() {
+            return Ok(0);
+        }
+        let mut pipe = redis::pipe();
+        for key in lists.keys() {
+            pipe.cmd("LLEN").arg(key);
+        }
+        let mut con = self.broker.con.clone();
+        let lens: Vec<u64> = pipe.query_async(&mut con).await?;
+        Ok(lens.iter().sum())
     }
 
     async fn scan_list(

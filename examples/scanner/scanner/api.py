@@ -69,6 +69,6 @@ else:
         janitor_router(
             read_dependencies=[Depends(require_admin)],
             write_dependencies=[Depends(require_admin)],
-            actor=lambda request: "scanner-admin",
+            actor=require_admin,
         )
     )

@@ -33,8 +33,7 @@ def scan_domain_task(
     with db.connect(autocommit=False) as conn:
         conn.execute("UPDATE scan_tasks SET status = 'running' WHERE id = %s", (task_id,))
         conn.execute(
-            "INSERT INTO scan_results (scan_task_id, target_domain, finding)"
-            " VALUES (%s, %s, %s)",
+            "INSERT INTO scan_results (scan_task_id, target_domain, finding) VALUES (%s, %s, %s)",
             (task_id, target_domain, f"{target_domain} scanned for user {user_id}"),
         )
         conn.execute("UPDATE scan_tasks SET status = 'done' WHERE id = %s", (task_id,))

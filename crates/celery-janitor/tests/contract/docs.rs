@@ -46,7 +46,10 @@ fn toml_example() -> String {
 
 fn is_key_line(text: &str) -> bool {
     text.split_once(" = ").is_some_and(|(key, _)| {
-        !key.is_empty() && key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+        !key.is_empty()
+            && key
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
     })
 }
 
@@ -110,11 +113,13 @@ fn json_examples() -> Vec<(String, Value)> {
 /// Objects whose keys are data (table names), not field names.
 const DATA_KEYED: [&str; 2] = ["lost_rows.by_table", "lost_rows.skipped_tables"];
 
-/// Objects that are `null` when there is nothing to say (`revoke`: no revoke was sent; the
-/// `revoke` command's parts that `--undo` or a held lock leave out).
-const NULLABLE: [&str; 7] = [
+/// Objects that are `null` when there is nothing to say (`revoke`: no revoke was sent;
+/// `owner`: an archived entry of no owner row; the `revoke` command's parts that `--undo` or a
+/// held lock leave out).
+const NULLABLE: [&str; 8] = [
     "revoke",
     "orphans.revoke",
+    "items.owner",
     "removal.revoke",
     "broadcast",
     "removal",
@@ -123,14 +128,20 @@ const NULLABLE: [&str; 7] = [
 ];
 
 /// The commands with `--json`, in the order of their examples.
-const JSON_COMMANDS: [&str; 6] = [
+const JSON_COMMANDS: [&str; 9] = [
     "status",
     "tasks",
     "cleanup-orphaned",
     "full-cleanup",
     "restore",
+    "purge-queue",
+    "archive",
+    "runs",
     "revoke",
 ];
+
+/// The commands whose `--json` is an array of the documented object.
+const ARRAYS: [&str; 2] = ["tasks", "runs"];
 
 #[test]
 fn every_json_command_has_one_example() {
@@ -143,9 +154,10 @@ fn every_json_command_has_one_example() {
 pub(crate) fn assert_json_examples_match(outputs: &JsonRuns) {
     let mut problems = Vec::new();
     for (command, example) in json_examples() {
-        let documented = match command.as_str() {
-            "tasks" => Shape::Array(Some(Box::new(Shape::of(&example, &DATA_KEYED)))),
-            _ => Shape::of(&example, &DATA_KEYED),
+        let documented = if ARRAYS.contains(&command.as_str()) {
+            Shape::Array(Some(Box::new(Shape::of(&example, &DATA_KEYED))))
+        } else {
+            Shape::of(&example, &DATA_KEYED)
         };
         let runs: Vec<_> = outputs.iter().filter(|r| r.command == command).collect();
         assert!(

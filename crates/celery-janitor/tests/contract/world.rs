@@ -146,6 +146,11 @@ impl World {
             ));
         }
         filters.push((regex_escape(self.db.name()), "[DB]".to_owned()));
+        // `runs` names the host each run ran on.
+        filters.push((
+            format!(r"\b{}\b", regex_escape(&janitor_engine::hostname())),
+            "[HOST]".to_owned(),
+        ));
         filters.extend(common_filters());
         filters
     }
