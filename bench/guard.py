@@ -128,8 +128,12 @@ class World:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        self.redis = redis.Redis(port=self.port, client_name="cj-bench")
+        self.redis = redis.Redis(
+            port=self.port, client_name="cj-bench", socket_connect_timeout=1, retry=None
+        )
         for _ in range(100):
+            if self.redis_proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited: see {self.out / 'redis.log'}")
             with contextlib.suppress(redis.ConnectionError):
                 if self.redis.ping():
                     break
@@ -238,6 +242,24 @@ id_from = "arg:0"
             except psycopg.Error as err:
                 print(f"bench: could not drop database {self.db_name}: {err}", file=sys.stderr)
             self.db_name = None
+
+    def floor(self, n: int = 2000) -> dict[str, dict[str, float]]:
+        """What one round trip costs right now, from Python, outside any worker: a redis-py
+        `MGET` of two absent keys and a psycopg `SELECT` of one row by primary key (prepared).
+        The guard can't beat the slower of the two."""
+        redis_ns, pg_ns = [], []
+        for i in range(n):
+            start = time.perf_counter_ns()
+            self.redis.mget(f"absent:{i}", "absent")
+            redis_ns.append(time.perf_counter_ns() - start)
+        with psycopg.connect(self.url, prepare_threshold=0) as conn:
+            for i in range(n):
+                start = time.perf_counter_ns()
+                conn.execute(
+                    "SELECT id::text FROM scan_tasks WHERE id = ANY(%s)", ([i % self.n + 1],)
+                ).fetchall()
+                pg_ns.append(time.perf_counter_ns() - start)
+        return {"redis": summary(redis_ns), "pg": summary(pg_ns)}
 
     def publish(self) -> None:
         """N owned tasks, one per row, straight into the default queue."""
@@ -363,7 +385,9 @@ def label(pool: str, acks_late: bool) -> str:
     return f"{worker}, acks_late {'on' if acks_late else 'off'}"
 
 
-def report(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+def report(
+    results: list[dict[str, Any]], meta: dict[str, Any], floors: list[dict[str, Any]]
+) -> str:
     def med(rs: list[dict[str, Any]], *path: str) -> float:
         vals = []
         for r in rs:
@@ -418,6 +442,22 @@ def report(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
                     f"{med(rs, 'guard', 'max'):.0f} | {med(rs, 'native', 'p50'):.0f} | "
                     f"{med(rs, 'native', 'p99'):.0f} | {p99s} |"
                 )
+        fl = [f for f in floors if f["loaded"] == loaded]
+        if fl:
+            out += [
+                "",
+                "Floor, at the same time (µs, medians over the runs): one round trip from Python "
+                "outside the worker, redis-py `MGET` and psycopg prepared `SELECT` by key.",
+                "",
+                "| round trip | p50 | p95 | p99 | max |",
+                "|---|---|---|---|---|",
+            ]
+            for key, name in (("redis", "Redis MGET"), ("pg", "PostgreSQL SELECT")):
+                out.append(
+                    f"| {name} | "
+                    + " | ".join(f"{med(fl, key, q):.0f}" for q in ("p50", "p95", "p99", "max"))
+                    + " |"
+                )
         out += [
             "",
             "End to end, without and with `install(app)`: `task_prerun` → body (µs; holds the "
@@ -450,6 +490,41 @@ def report(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def report_only(out: Path) -> int:
+    done = out / "results.json"
+    if done.exists():
+        data = json.loads(done.read_text())
+        print(report(data["runs"], data["meta"], data.get("floors", [])))
+        return 0
+    runs = []
+    for path in sorted(out.glob("*/*/result.json")):
+        r = json.loads(path.read_text())
+        r["loaded"] = path.parent.parent.name == "loaded"
+        runs.append(r)
+    if not runs:
+        print(f"bench: no runs in {out}", file=sys.stderr)
+        return 1
+    meta = json.loads((out / "meta.json").read_text())
+    meta["load_end"] = runs[-1]["load_after"] + " (interrupted: last finished run)"
+    counts = sorted(
+        {
+            sum(
+                1
+                for x in runs
+                if x["loaded"] == r["loaded"]
+                and x["pool"] == r["pool"]
+                and x["acks_late"] == r["acks_late"]
+                and x["guarded"] == r["guarded"]
+            )
+            for r in runs
+        }
+    )
+    meta["repeats"] = "/".join(map(str, counts))
+    floors = json.loads((out / "floors.json").read_text()) if (out / "floors.json").exists() else []
+    print(report(runs, meta, floors))
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", type=int, default=2000, help="tasks per run (default 2000)")
@@ -461,7 +536,16 @@ def main() -> int:
         "--admin-url",
         default=os.environ.get("CJ_TEST_PG_ADMIN_URL", "postgresql://root@127.0.0.1:5432/postgres"),
     )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="measure nothing: rebuild the report from the runs already in --out "
+        "(an interrupted bench keeps every finished run's result.json)",
+    )
     args = parser.parse_args()
+    args.out = args.out.resolve()
+    if args.report_only:
+        return report_only(args.out)
 
     def on_term(*_: Any) -> None:
         raise Stop()
@@ -488,7 +572,10 @@ def main() -> int:
     }
     with psycopg.connect(args.admin_url) as conn:
         meta["postgres"] = str(conn.execute("SHOW server_version").fetchone()[0]).split()[0]
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "meta.json").write_text(json.dumps(meta, indent=1))
     results: list[dict[str, Any]] = []
+    floors: list[dict[str, Any]] = []
     for loaded in [False] if args.no_loaded else [False, True]:
         world = World(args.out / ("loaded" if loaded else "idle"), args.admin_url, args.n)
         try:
@@ -496,6 +583,8 @@ def main() -> int:
             if loaded:
                 world.load()
             for rep in range(args.repeats):
+                floors.append({"loaded": loaded, **world.floor()})
+                (args.out / "floors.json").write_text(json.dumps(floors, indent=1))
                 for pool in pools:
                     for acks in (False, True):
                         for guarded in (False, True):
@@ -518,8 +607,10 @@ def main() -> int:
         finally:
             world.stop()
     meta["load_end"] = loadavg()
-    (args.out / "results.json").write_text(json.dumps({"meta": meta, "runs": results}, indent=1))
-    print(report(results, meta))
+    (args.out / "results.json").write_text(
+        json.dumps({"meta": meta, "runs": results, "floors": floors}, indent=1)
+    )
+    print(report(results, meta, floors))
     return 0
 
 
