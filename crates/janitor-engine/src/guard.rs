@@ -229,8 +229,8 @@ impl Janitor {
                 return Ok(true);
             };
             let rule = &self.settings.owners.rules()[t.rule];
-            let ids = [t.owner_id.clone()];
-            match tokio::time::timeout(timeout, self.db.lookup(t.rule, rule, &ids)).await {
+            match tokio::time::timeout(timeout, self.db.lookup_one(t.rule, rule, &t.owner_id)).await
+            {
                 // An id that can't be a value of the id column is undecidable, as in a
                 // cleanup: never treated as missing.
                 Ok(Ok(lookup)) => Ok(lookup.existing.contains(&t.owner_id)

@@ -31,6 +31,12 @@ pub(crate) struct OwnerDb {
     /// Each rule's id column type, looked up once: at connect, or at first use by a lazy pool.
     kinds: tokio::sync::OnceCell<Vec<IdKind>>,
     rules: Vec<OwnerRule>,
+    /// The database's URL, for [`OwnerDb::lookup_one`]'s own connection.
+    url: SecretUrl,
+    /// The worker guard's own PostgreSQL connection ([`OwnerDb::lookup_one`]): connected on
+    /// first use, taken out while a query runs and put back only after it answered, so a
+    /// failed or abandoned (timed-out) lookup drops it and the next one reconnects.
+    single: tokio::sync::Mutex<Option<sqlx::PgConnection>>,
 }
 
 /// Typed id batch for binding.
@@ -151,6 +157,8 @@ impl OwnerDb {
             pool,
             kinds: tokio::sync::OnceCell::new(),
             rules: rules.to_vec(),
+            url: url.clone(),
+            single: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -314,6 +322,55 @@ impl OwnerDb {
             table: "(health check)".into(),
             message: e.to_string(),
         })
+    }
+
+    /// Whether one id exists, for the worker guard: on PostgreSQL one round trip on a
+    /// connection of its own (a prepared statement after the first call). The pool is not used
+    /// here because in a worker it costs more than the query: sqlx pings a connection when it
+    /// is taken (`test_before_acquire`) and again when it is returned, and on the guard's
+    /// current-thread runtime the return only runs during the next check, which then finds no
+    /// idle connection and opens another (up to the pool's size).
+    pub(crate) async fn lookup_one(
+        &self,
+        rule_idx: usize,
+        rule: &OwnerRule,
+        id: &str,
+    ) -> Result<Lookup> {
+        let ids = [id.to_owned()];
+        if !matches!(self.pool, Pool::Pg(_)) {
+            return self.lookup(rule_idx, rule, &ids).await;
+        }
+        let mut lookup = Lookup::default();
+        let kind = self.kinds().await?[rule_idx];
+        let typed = Self::typed(kind, &ids, &mut lookup);
+        let mut slot = self.single.lock().await;
+        let mut conn = match slot.take() {
+            Some(conn) => conn,
+            None => {
+                use sqlx::Connection;
+                sqlx::PgConnection::connect(self.url.expose())
+                    .await
+                    .map_err(|e| EngineError::DatabaseLost {
+                        table: rule.table.clone(),
+                        message: self.url.scrub(&e.to_string()),
+                    })?
+            }
+        };
+        let sql = format!(
+            "SELECT {col}::text FROM {table} WHERE {col} = ANY($1)",
+            col = quote_ident(&rule.id_column),
+            table = rule.quoted_table(),
+        );
+        let q = sqlx::query_scalar::<_, String>(&sql);
+        let rows = match typed {
+            Ids::Int(v) => q.bind(v).fetch_all(&mut conn).await,
+            Ids::Uuid(v) => q.bind(v).fetch_all(&mut conn).await,
+            Ids::Text(v) => q.bind(v).fetch_all(&mut conn).await,
+        }
+        .map_err(|e| sql_error(rule, e))?;
+        *slot = Some(conn);
+        lookup.existing.extend(rows);
+        Ok(lookup)
     }
 
     pub(crate) async fn count_rows(&self, rule: &OwnerRule) -> Result<u64> {

@@ -1,13 +1,15 @@
 //! The worker guard against captured Celery 5.7 state in a real Redis and the SQLite owner
 //! table: the owner a guard reads from a call's JSON arguments is the one the cleanup reads from
 //! the queued message; checks answer run / missing / revoked; `guard_record` counts, streams
-//! and archives atomically and never removes a final (SUCCESS/FAILURE) result.
+//! and archives atomically and never removes a final (SUCCESS/FAILURE) result. On PostgreSQL, a
+//! worker's checks share one connection, re-opened after the server drops it.
 
 use janitor_engine::{
     guard_target, GuardError, GuardEvent, GuardEventKind, GuardVerdict, Janitor, Location,
     RestoreOptions, RevokeOptions, RevokedBy, RunCtx, State,
 };
 use janitor_testkit::fixtures::{self as support, Capture, Dump};
+use janitor_testkit::postgres::TestDatabase;
 use janitor_testkit::redis_server::TestRedis;
 use janitor_testkit::sqlite_owners;
 use redis::AsyncCommands;
@@ -404,4 +406,75 @@ async fn a_wrong_typed_key_makes_record_write_nothing() {
     let stats: bool = con.exists("celery-janitor:guard:stats").await.unwrap();
     let archive: bool = con.exists("celery-janitor:archive").await.unwrap();
     assert!(result && !stats && !archive);
+}
+
+/// The guard's backends in `db` other than the test's own: what a worker holds open.
+async fn guard_backends(db: &TestDatabase) -> usize {
+    let rows = db
+        .rows(
+            "SELECT count(*)::text FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .await;
+    rows[0][0].as_deref().unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn on_postgres_a_worker_checks_on_one_connection_and_reconnects_after_losing_it() {
+    let redis = TestRedis::start().await;
+    let db = TestDatabase::create().await;
+    db.execute(
+        "CREATE TABLE adds (id bigint PRIMARY KEY, status text, created_at timestamptz);
+         INSERT INTO adds (id) VALUES (2), (3);",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = sqlite_owners::config(
+        &format!("url = \"{}\"", redis.url()),
+        db.url(),
+        dir.path(),
+        "",
+    );
+    let settings =
+        janitor_config::resolve_text(&config, &janitor_config::Flags::default(), &|_| None)
+            .unwrap();
+    let j = Janitor::connect_lazy_db(settings, std::time::Duration::from_secs(5))
+        .await
+        .unwrap();
+    let live = j.guard_target("t-live", "app.add", "[2]", "{}").unwrap();
+    let gone = j.guard_target("t-gone", "app.add", "[7]", "{}").unwrap();
+    for _ in 0..50 {
+        assert_eq!(
+            j.guard_check("t-live", Some(&live)).await.unwrap(),
+            GuardVerdict::Run
+        );
+        assert_eq!(
+            j.guard_check("t-gone", Some(&gone)).await.unwrap(),
+            GuardVerdict::Missing
+        );
+    }
+    // The check's own connection, plus at most the pool's one that read the id column's type
+    // once: checks don't open more (a pool opened up to its size on a current-thread runtime).
+    assert!(guard_backends(&db).await <= 2);
+
+    // The server drops the worker's sessions: one check fails (the policy's case), the next
+    // one reconnects.
+    db.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .await;
+    let mut errors = 0;
+    let verdict = loop {
+        match j.guard_check("t-live", Some(&live)).await {
+            Ok(v) => break v,
+            Err(GuardError::Database(_)) if errors == 0 => errors += 1,
+            Err(e) => panic!("after a reconnect: {e}"),
+        }
+    };
+    assert_eq!(verdict, GuardVerdict::Run);
+    assert_eq!(
+        j.guard_check("t-gone", Some(&gone)).await.unwrap(),
+        GuardVerdict::Missing
+    );
 }
