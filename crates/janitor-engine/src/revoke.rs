@@ -230,6 +230,13 @@ impl Janitor {
         let run_id = match self.begin_run(&plan, o.take_over_lock).await {
             Ok(run) => {
                 let run_id = run.id().to_owned();
+                // Workers that heard the broadcast discard these ids for hours, also after
+                // `revoke --undo`: a `restore` of this run must say so (`warn_of_revoked`).
+                if report.broadcast.is_some() {
+                    if let Err(e) = self.remember_revoked(&run_id, &o.task_ids).await {
+                        tracing::warn!(error = %e, "revoke: cannot remember the broadcast ids");
+                    }
+                }
                 let outcome = match run.plan(cx).await {
                     Ok(p) => run.apply(p, cx).await,
                     Err(e) => Err(run.fail(e, cx).await),

@@ -1,0 +1,67 @@
+"""Adversarial (round 5): `revoke`, `purge-queue`, `restore` and the start-up cleanup, broken
+the way a hostile production would (docs/reliability.md, "Round 5").
+
+Each test here failed on the code before its fix; real Celery 5.7 produces the state, a real
+worker consumes where one is needed.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+
+import pytest
+
+from support.janitor import Janitor
+from support.waiting import wait_until
+from support.world import ScannerWorld
+
+pytestmark = [pytest.mark.janitor]
+
+DISCARDED = re.compile(r"Discarding revoked task: \S+\[([^\]]+)\]")
+
+
+@pytest.mark.worker
+def test_restore_after_revoke_undo_warns_that_workers_that_heard_the_revoke_discard_it(
+    make_world: Callable[..., ScannerWorld], make_janitor: Callable[..., Janitor]
+) -> None:
+    """`revoke ID` broadcasts Celery's revoke (a live worker keeps the id in memory for hours)
+    and removes the queued copy; `revoke --undo ID` deletes only the durable key. `restore` of
+    the revoke's run then put the message back without a word, and the worker that heard the
+    broadcast discarded it when it arrived: the task was lost silently. `restore` warns about
+    the tasks a *cleanup* revoked, and must about those a `revoke` broadcast too."""
+    world = make_world()
+    (row,) = world.add_rows(1)
+    task_id = world.scan(row)  # queued in `celery`
+    # A live worker that hears broadcasts but does not consume `celery` (yet).
+    w = world.worker("other-queue", queues=("scans",))
+    w.wait_ready()
+    janitor = make_janitor(world)
+
+    report = janitor.run("revoke", task_id, "--json").expect_json()
+    assert report["broadcast"]["heard_by"] >= 1, report
+    assert report["removal"]["removed"]["queue"] == 1, report
+    run_id = report["removal"]["run_id"]
+    undone = janitor.run("revoke", task_id, "--undo", "--json").expect_json()
+    assert undone["keys"] == 1, undone
+
+    restored = janitor.run("restore", "--run", run_id, "--json")
+    out = restored.expect_json()
+    assert out["restored"]["queue"] == 1, restored.describe()
+    assert any("discard" in w_ for w_ in out["warnings"]), restored.describe()
+    assert "discard" in restored.stderr, restored.describe()
+
+    # The warning is true: the worker that heard the revoke discards the restored task.
+    world.app.control.add_consumer("celery", destination=[w.name], reply=True, timeout=10)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not DISCARDED.search(w.log()):
+        time.sleep(0.5)
+    assert DISCARDED.findall(w.log()) == [task_id], w.log()[-2000:]
+    wait_until(
+        lambda: world.queued_count() == 0,
+        timeout=10,
+        what="the worker to take the restored message",
+        describe=world.describe_redis,
+    )
+
