@@ -65,3 +65,35 @@ def test_restore_after_revoke_undo_warns_that_workers_that_heard_the_revoke_disc
         describe=world.describe_redis,
     )
 
+
+def test_startup_cleanup_runs_when_last_cleanup_or_the_lock_has_the_wrong_type(
+    make_world: Callable[..., ScannerWorld], make_janitor: Callable[..., Janitor]
+) -> None:
+    """A `celery-janitor:last-cleanup` that is not a string (a hash someone wrote) made every
+    worker's start-up cleanup fail with a bare `WRONGTYPE` (exit 1, no key named), while an
+    unreadable *value* there is ignored and a normal cleanup overwrites the key. Now the
+    start-up run warns naming the key and runs, and its completion rewrites the record. A lock
+    key of the wrong type is left to the run, which names it, as a normal cleanup does."""
+    world = make_world()
+    a, b = world.add_rows(2)
+    world.scan(a)
+    orphan = world.scan(b)
+    world.delete_rows([b])
+    world.redis.hset("celery-janitor:last-cleanup", "run_id", "not-json")
+    janitor = make_janitor(world)
+
+    run = janitor.run("cleanup-orphaned", "--startup", "--grace", "0", "--json")
+    report = run.expect_json()
+    assert report["removed"]["queue"] == 1, run.describe()
+    assert orphan not in {e.task_id for e in world.entries()}
+    assert world.redis.type("celery-janitor:last-cleanup") == b"string"
+    app_log = (janitor.workdir / "logs" / "app.log").read_text()
+    assert "celery-janitor:last-cleanup" in app_log, app_log[-2000:]
+
+    world.redis.delete("celery-janitor:last-cleanup")
+    world.redis.hset("celery-janitor:lock", "holder", "someone")
+    locked = janitor.run("cleanup-orphaned", "--startup", "--grace", "0")
+    assert "WRONGTYPE" not in locked.stderr + locked.stdout, locked.describe()
+    assert "celery-janitor:lock" in locked.stderr + locked.stdout, locked.describe()
+    assert world.redis.type("celery-janitor:lock") == b"hash"
+
