@@ -97,3 +97,34 @@ def test_startup_cleanup_runs_when_last_cleanup_or_the_lock_has_the_wrong_type(
     assert "celery-janitor:lock" in locked.stderr + locked.stdout, locked.describe()
     assert world.redis.type("celery-janitor:lock") == b"hash"
 
+
+def test_a_run_id_given_to_revoke_is_refused_and_the_runs_revoked_set_survives(
+    make_world: Callable[..., ScannerWorld], make_janitor: Callable[..., Janitor]
+) -> None:
+    """`celery-janitor:revoked:<task id>` (a durable revocation, a string) and
+    `celery-janitor:revoked:<run id>` (the task ids a run revoked, a set `restore` reads for its
+    warning) share a prefix. `revoke RUN_ID` (a run id taken for a task id: `restore --run`
+    takes one) overwrote the set with a revocation, and `revoke --undo RUN_ID` deleted it; either
+    way `restore --run RUN_ID` then put the revoked tasks back without its warning. A key of
+    another type than a revocation is now refused before any write, naming the key (exit 2)."""
+    world = make_world()
+    (row,) = world.add_rows(1)
+    task_id = world.scan(row)
+    janitor = make_janitor(world)
+    report = janitor.run("revoke", task_id, "--json").expect_json()
+    run_id = report["removal"]["run_id"]
+    janitor.run("revoke", task_id, "--undo", "--json").expect_json()
+    run_set = f"celery-janitor:revoked:{run_id}"
+    assert world.redis.type(run_set) == b"set", world.describe_redis()
+
+    for args in ([run_id], [run_id, "--undo"], [task_id, run_id]):
+        wrong = janitor.run("revoke", *args)
+        assert wrong.returncode == 2, wrong.describe()
+        assert run_set in wrong.stderr and "nothing was changed" in wrong.stderr, wrong.describe()
+        assert world.redis.type(run_set) == b"set", wrong.describe()
+        assert not world.redis.exists(f"celery-janitor:revoked:{task_id}"), wrong.describe()
+
+    restored = janitor.run("restore", "--run", run_id, "--json").expect_json()
+    assert restored["restored"]["queue"] == 1, restored
+    assert any("discard" in w for w in restored["warnings"]), restored
+
