@@ -153,13 +153,22 @@ def test_restore_of_a_purge_keeps_the_order_for_a_worker_consuming_meanwhile(
     w = world.worker("restore-order", queues=("scans",))
     w.wait_ready()
     world.app.control.add_consumer("celery", destination=[w.name], reply=True, timeout=10)
+    # A probe task through `celery`: once it has run, the worker is waiting on that list.
+    probe = world.scan(rows[0])
+    wait_until(
+        lambda: RECEIVED.findall(w.log()) == [probe] and world.result_meta(probe) is not None,
+        timeout=30,
+        what="the worker to run the probe from `celery`",
+        describe=lambda: w.log()[-2000:],
+    )
+    time.sleep(1)
 
     restored = janitor.run("restore", "--run", purged["run_id"], "--json").expect_json()
     assert restored["restored"]["queue"] == len(published), restored
     wait_until(
-        lambda: len(RECEIVED.findall(w.log())) == len(published),
+        lambda: len(RECEIVED.findall(w.log())) == len(published) + 1,
         timeout=60,
         what="the worker to receive every restored task",
-        describe=lambda: w.log()[-2000:],
+        describe=lambda: f"{world.describe_redis()}\n{w.log()[-1500:]}",
     )
-    assert RECEIVED.findall(w.log()) == published
+    assert RECEIVED.findall(w.log())[1:] == published
