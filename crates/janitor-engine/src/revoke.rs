@@ -188,6 +188,7 @@ impl Janitor {
             ..Default::default()
         };
         let mut con = self.broker.con.clone();
+        self.check_revocation_keys(&keys, &mut con).await?;
         if o.undo {
             let mut pipe = redis::pipe();
             for k in &keys {
@@ -240,6 +241,13 @@ impl Janitor {
         let run_id = match self.begin_run(&plan, o.take_over_lock).await {
             Ok(run) => {
                 let run_id = run.id().to_owned();
+                // Workers that heard the broadcast discard these ids for hours, also after
+                // `revoke --undo`: a `restore` of this run must say so (`warn_of_revoked`).
+                if report.broadcast.is_some() {
+                    if let Err(e) = self.remember_revoked(&run_id, &o.task_ids).await {
+                        tracing::warn!(error = %e, "revoke: cannot remember the broadcast ids");
+                    }
+                }
                 let outcome = match run.plan(cx).await {
                     Ok(p) => run.apply(p, cx).await,
                     Err(e) => Err(run.fail(e, cx).await),
@@ -279,6 +287,38 @@ impl Janitor {
             .await?;
         self.audit.sync().await?;
         Ok(report)
+    }
+
+    /// Refuses, before any write, names whose key holds something other than a revocation (a
+    /// string): `revoked:<run id>` is also the set of the task ids a run revoked, which `restore`
+    /// reads for its warning — a run id given as a task id would overwrite or delete it.
+    async fn check_revocation_keys(
+        &self,
+        keys: &[Vec<u8>],
+        con: &mut redis::aio::MultiplexedConnection,
+    ) -> Result<()> {
+        let mut pipe = redis::pipe();
+        for k in keys {
+            pipe.cmd("TYPE").arg(k);
+        }
+        let types: Vec<String> = pipe.query_async(con).await?;
+        match keys
+            .iter()
+            .zip(&types)
+            .find(|(_, ty)| ty.as_str() != "string" && ty.as_str() != "none")
+        {
+            Some((key, ty)) => Err(EngineError::InvalidOption(
+                janitor_config::ConfigError::Invalid {
+                    key: "revoke".into(),
+                    message: format!(
+                        "{} is a {ty}, not a revocation (a run's revoked task ids are kept in \
+                         `revoked:<run id>`: was a run id given as a task id?); nothing was changed",
+                        crate::archive::printable(key)
+                    ),
+                },
+            )),
+            None => Ok(()),
+        }
     }
 
     /// The durable revocation of a task id, if any.

@@ -7,7 +7,8 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::error::Result;
+use crate::archive::printable;
+use crate::error::{EngineError, Result};
 use crate::janitor::{Janitor, OwnKey};
 
 /// The last completed cleanup run (`celery-janitor:last-cleanup`).
@@ -53,7 +54,19 @@ impl Janitor {
         if !self.settings.cleanup_on_startup {
             return Ok(Some("cleanup_on_startup is false".into()));
         }
-        if let Some(last) = self.last_cleanup().await? {
+        let last = match self.last_cleanup().await {
+            // Not a string (written by something else): as unreadable as a value that is not
+            // our JSON, which is ignored; this run's completion rewrites it.
+            Err(EngineError::Redis(e)) if e.code() == Some("WRONGTYPE") => {
+                tracing::warn!(
+                    key = %printable(&self.own_key(OwnKey::LastCleanup)),
+                    "the last-cleanup record is not a string: ignored (a completed cleanup rewrites it)"
+                );
+                None
+            }
+            other => other?,
+        };
+        if let Some(last) = last {
             let age = (Utc::now() - last.completed_at).num_milliseconds() as f64 / 1000.0;
             let min = self.settings.startup_min_interval;
             if age >= 0.0 && age < min {
@@ -64,10 +77,15 @@ impl Janitor {
             }
         }
         let mut con = self.broker.con.clone();
-        let holder: Option<String> = redis::cmd("GET")
+        let holder: Option<String> = match redis::cmd("GET")
             .arg(self.own_key(OwnKey::Lock))
             .query_async(&mut con)
-            .await?;
+            .await
+        {
+            // Not a lock celery-janitor wrote: the run refuses it and names the key.
+            Err(e) if e.code() == Some("WRONGTYPE") => return Ok(None),
+            other => other?,
+        };
         if let Some(holder) = holder {
             let who = serde_json::from_str::<crate::lock::Holder>(&holder)
                 .map(|h| format!(" (run {} on {})", h.run_id, h.host))
