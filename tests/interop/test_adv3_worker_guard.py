@@ -183,6 +183,42 @@ def test_a_requeue_the_broker_refuses_does_not_lose_the_task(
     assert "running task scanner.scan_domain_task" in log and "unchecked" in log, log[-4000:]
 
 
+@pytest.mark.parametrize("pool", ["solo", "threads"])
+def test_the_guard_reconnects_after_redis_closed_its_connection(
+    make_world: Callable[..., ScannerWorld], make_janitor: Callable[..., Janitor], pool: str
+) -> None:
+    """Redis closes the guard's idle connection (`timeout` in redis.conf, as managed Redis
+    services set it; a restart or a failover does the same). Celery's own connections come back;
+    the guard kept its dead one for the life of the process, so every later check failed —
+    under `on_error = "retry"` every guarded task was re-queued forever and never ran. The guard
+    now connects again after a Redis error."""
+    world = make_world()
+    first, second = world.add_rows(2)
+    janitor = guard_janitor(world, make_janitor)
+    w = guarded_worker(world, janitor, pool=pool)
+    first_id = world.scan(first)
+    wait_until(
+        lambda: result_status(world, first_id) == "SUCCESS",
+        timeout=30,
+        what="the first task to run (the guard connected)",
+        describe=w.log,
+    )
+    # Every idle client is closed after a second; the blocked consumer is not.
+    world.redis.config_set("timeout", 1)
+    time.sleep(4)
+    world.redis.config_set("timeout", 0)
+    second_id = world.scan(second)
+    wait_until(
+        lambda: result_status(world, second_id) == "SUCCESS",
+        timeout=30,
+        what="the second task to run",
+        describe=lambda: world.describe_redis() + "\n" + w.log()[-3000:],
+    )
+    w.stop()
+    assert findings(world, second) == 1
+    assert "attempt 3" not in w.log(), w.log()[-3000:]
+
+
 def test_a_chord_whose_header_member_is_skipped_fails_instead_of_hanging(
     make_world: Callable[..., ScannerWorld], make_janitor: Callable[..., Janitor]
 ) -> None:
