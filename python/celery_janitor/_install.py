@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -123,36 +124,43 @@ class Installed:
         if kind == "revoked":
             self.drop(task, verdict, "revoked", f"revoked by {verdict.get('by')}")
         if kind == "missing":
-            self.on_missing(task, verdict, args, kwargs)
-            return None  # not reached: on_missing raises Ignore
+            return self.on_missing(task, verdict, run, args, kwargs)
         return self.on_error(task, verdict, run, args, kwargs)
 
     def on_missing(
-        self, task: Task, verdict: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> None:
+        self,
+        task: Task,
+        verdict: dict[str, Any],
+        run: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
         """The owner row is missing: re-queue for the grace period, or skip."""
         req = task.request
         grace = float(self.guard.grace_seconds)
-        first_miss = _header(req, FIRST_MISS)
+        # A header that is not a time (another producer's header of that name) is no first miss.
+        first_miss = _number(_header(req, FIRST_MISS))
         if grace <= 0:
             self.drop(task, verdict, "skipped", "owner row missing (grace_seconds = 0)")
         try:
             now = float(self.guard.broker_time())
         except _native.JanitorError as err:
             # Without the broker's clock the grace can't be measured: decide later.
-            self.retry_later(task, args, kwargs, f"no broker time: {err}", verdict)
-            return
-        if first_miss is None:
-            self.requeue(task, args, kwargs, grace, {FIRST_MISS: now})
-            self.note(task, verdict, "requeued", f"owner row missing; re-checked in {grace:g} s")
-            raise Ignore()
-        waited = now - float(first_miss)
+            return self.retry_later(
+                task, run, args, kwargs, why=f"no broker time: {err}", verdict=verdict
+            )
+        # A first miss in the broker's future (its clock went back, a failover) counts from now:
+        # the task waits at most the grace period, never the clocks' difference.
+        if first_miss is None or first_miss > now:
+            first_miss = now
+        waited = now - first_miss
         if waited >= grace:
             self.drop(
                 task, verdict, "skipped", f"owner row still missing {waited:.1f} s after first miss"
             )
-        countdown = max(grace - waited, 0.1)
-        self.requeue(task, args, kwargs, countdown, {FIRST_MISS: float(first_miss)})
+        countdown = min(max(grace - waited, 0.1), grace)
+        if not self.requeue(task, args, kwargs, countdown, {FIRST_MISS: first_miss}):
+            return self.run_unchecked(task, verdict, run, args, kwargs, why="owner row missing")
         self.note(task, verdict, "requeued", f"owner row missing; re-checked in {countdown:.1f} s")
         raise Ignore()
 
@@ -167,27 +175,47 @@ class Installed:
         """The guard could not decide: ``[guard] on_error``."""
         why = f"guard could not decide ({verdict.get('error_source')}): {verdict.get('error')}"
         if self.guard.on_error == "run":
-            logger.warning(
-                "celery-janitor: running task %s[%s] unchecked: %s", task.name, task.request.id, why
-            )
-            self.note(task, verdict, "ran_unchecked", why, quiet=True)
-            return run(*args, **kwargs)
-        return self.retry_later(task, args, kwargs, why, verdict)
+            return self.run_unchecked(task, verdict, run, args, kwargs, why=why)
+        return self.retry_later(task, run, args, kwargs, why=why, verdict=verdict)
+
+    def run_unchecked(
+        self,
+        task: Task,
+        verdict: dict[str, Any],
+        run: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        why: str,
+    ) -> Any:
+        """Run the task's body without a verdict: what the guard can't decide (nor defer) runs."""
+        logger.warning(
+            "celery-janitor: running task %s[%s] unchecked: %s", task.name, task.request.id, why
+        )
+        self.note(task, verdict, "ran_unchecked", why, quiet=True)
+        return run(*args, **kwargs)
 
     def retry_later(
         self,
         task: Task,
+        run: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
+        *,
         why: str,
         verdict: dict[str, Any],
     ) -> Any:
-        """Re-queue outside the task's own retries, 1 s doubling to 60 s; nothing is lost."""
+        """Re-queue outside the task's own retries, 1 s doubling to 60 s, indefinitely; nothing
+        is lost (a re-queue the broker refuses runs the task unchecked)."""
         req = task.request
-        attempt = int(_header(req, ERROR_RETRIES) or 0)
-        countdown = min(BACKOFF_FIRST * 2**attempt, BACKOFF_MAX)
+        # A header that is not a count (another producer's header of that name) counts as 0.
+        retries = _number(_header(req, ERROR_RETRIES))
+        attempt = int(retries) if retries is not None and retries >= 0 else 0
+        # 2**attempt as a float overflows from attempt 1024 (a database down for ~17 hours).
+        countdown = min(BACKOFF_FIRST * 2 ** min(attempt, 16), BACKOFF_MAX)
         keep = {k: v for k in (FIRST_MISS,) if (v := _header(req, k)) is not None}
-        self.requeue(task, args, kwargs, countdown, {**keep, ERROR_RETRIES: attempt + 1})
+        if not self.requeue(task, args, kwargs, countdown, {**keep, ERROR_RETRIES: attempt + 1}):
+            return self.run_unchecked(task, verdict, run, args, kwargs, why=why)
         logger.warning(
             "celery-janitor: re-queued task %s[%s] in %g s (attempt %d): %s",
             task.name,
@@ -206,14 +234,26 @@ class Installed:
         kwargs: dict[str, Any],
         countdown: float,
         headers: dict[str, Any],
-    ) -> None:
-        """The same task (same id, routing, retries count, links) again after ``countdown``."""
+    ) -> bool:
+        """The same task (same id, routing, retries count, links) again after ``countdown``;
+        False (logged) when the broker refuses it: the caller must not drop the task then."""
         req = task.request
         merged = {**(req.headers or {}), **headers}
-        sig = task.signature_from_request(
-            req, list(args), dict(kwargs), countdown=countdown, headers=merged
-        )
-        sig.apply_async()
+        try:
+            sig = task.signature_from_request(
+                req, list(args), dict(kwargs), countdown=countdown, headers=merged
+            )
+            sig.apply_async()
+        except Exception as err:  # whatever the broker or kombu raised
+            logger.error(
+                "celery-janitor: could not re-queue task %s[%s]: %s: %s",
+                task.name,
+                req.id,
+                type(err).__name__,
+                err,
+            )
+            return False
+        return True
 
     def drop(self, task: Task, verdict: dict[str, Any], kind: str, reason: str) -> None:
         """Skip the task: log, count, remove its unfinished result, acknowledge (``Ignore``)."""
@@ -226,7 +266,27 @@ class Installed:
             reason,
         )
         self.note(task, verdict, kind, reason, quiet=True)
+        self.report_chord_part(task, reason)
         raise Ignore()
+
+    def report_chord_part(self, task: Task, reason: str) -> None:
+        """A dropped chord member reports its part as revoked, as Celery's own revoke does, so
+        the chord fails (``ChordError``) instead of waiting forever; no result is stored for
+        the task itself."""
+        req = task.request
+        if not getattr(req, "chord", None):
+            return
+        try:
+            task.backend.mark_as_revoked(
+                req.id, f"celery-janitor: {reason}", request=req, store_result=False
+            )
+        except Exception as err:  # the worker goes on whatever the backend says
+            logger.warning(
+                "celery-janitor: could not report skipped task %s[%s] to its chord: %s",
+                task.name,
+                req.id,
+                err,
+            )
 
     def note(
         self, task: Task, verdict: dict[str, Any], kind: str, reason: str, quiet: bool = False
@@ -293,6 +353,17 @@ def _json(value: Any) -> str:
         return json.dumps(value)
     except (TypeError, ValueError):
         return ""
+
+
+def _number(value: Any) -> float | None:
+    """A header's value as a finite number, else None."""
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _header(req: Any, name: str) -> Any:

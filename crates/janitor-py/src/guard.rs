@@ -144,6 +144,36 @@ impl Guard {
             Ok(work(n.janitor.as_ref().expect("set above"), &n.runtime))
         })
     }
+
+    /// Drops this process's janitor after a Redis connection error, so the next call connects
+    /// again: a multiplexed connection that Redis closed (an idle `timeout`, a restart, a
+    /// failover) never comes back, and a worker lives for days.
+    fn forget_janitor(&self) {
+        let mut native = self.native.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = native.as_mut() {
+            if n.pid == std::process::id() {
+                // Dropped inside its runtime: the pools may hand their connections back to it.
+                let _entered = n.runtime.enter();
+                n.janitor = None;
+            }
+        }
+    }
+
+    /// `with_janitor` for a call returning an engine result: a Redis connection error drops
+    /// the janitor (see `forget_janitor`); every error becomes a `Failure`.
+    fn call<T: Send>(
+        &self,
+        py: Python<'_>,
+        work: impl FnOnce(&Janitor, &tokio::runtime::Runtime) -> Result<T, EngineError> + Send,
+    ) -> Result<T, Failure> {
+        let answer = self.with_janitor(py, work);
+        if let Ok(Err(e)) = &answer {
+            if e.is_redis_connection() {
+                self.forget_janitor();
+            }
+        }
+        answer.and_then(|r| r.map_err(|e| engine_failure(&e)))
+    }
 }
 
 #[pymethods]
@@ -227,6 +257,11 @@ impl Guard {
         let answer = self.with_janitor(py, |j, rt| {
             rt.block_on(j.guard_check(task_id, target.as_ref()))
         });
+        if let Ok(Err(GuardError::Redis(e))) = &answer {
+            if e.is_redis_connection() {
+                self.forget_janitor();
+            }
+        }
         let (verdict, extra) = match answer {
             Ok(Ok(GuardVerdict::Run)) => ("run", json!({})),
             Ok(Ok(GuardVerdict::Missing)) => ("missing", json!({})),
@@ -291,8 +326,7 @@ impl Guard {
             node: node.to_owned(),
         };
         let done = self
-            .with_janitor(py, |j, rt| rt.block_on(j.guard_record(&event)))
-            .and_then(|r| r.map_err(|e| engine_failure(&e)))
+            .call(py, |j, rt| rt.block_on(j.guard_record(&event)))
             .map_err(|f| to_py_err(py, f))?;
         json_to_py(py, &serde_json::to_value(done).expect("serializable"))
     }
@@ -300,16 +334,14 @@ impl Guard {
     /// The guard's counters (`totals`, per node in `nodes`) and its last events (`recent`).
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let stats = self
-            .with_janitor(py, |j, rt| rt.block_on(j.guard_stats()))
-            .and_then(|r| r.map_err(|e| engine_failure(&e)))
+            .call(py, |j, rt| rt.block_on(j.guard_stats()))
             .map_err(|f| to_py_err(py, f))?;
         json_to_py(py, &serde_json::to_value(stats).expect("serializable"))
     }
 
     /// The broker's clock (Redis `TIME`), seconds since the epoch.
     fn broker_time(&self, py: Python<'_>) -> PyResult<f64> {
-        self.with_janitor(py, |j, rt| rt.block_on(j.broker_time()))
-            .and_then(|r| r.map_err(|e| engine_failure(&e)))
+        self.call(py, |j, rt| rt.block_on(j.broker_time()))
             .map_err(|f| to_py_err(py, f))
     }
 
@@ -332,10 +364,9 @@ impl Guard {
             take_over_lock: false,
         };
         let report = self
-            .with_janitor(py, |j, rt| {
+            .call(py, |j, rt| {
                 rt.block_on(j.revoke(&options, &RunCtx::quiet()))
             })
-            .and_then(|r| r.map_err(|e| engine_failure(&e)))
             .map_err(|f| to_py_err(py, f))?;
         json_to_py(py, &serde_json::to_value(report).expect("serializable"))
     }
