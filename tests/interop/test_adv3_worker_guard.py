@@ -1,4 +1,4 @@
-"""Adversarial review of the worker integration (docs/reliability.md, round 5): what a hostile
+"""Adversarial review of the worker integration (docs/reliability.md, round 6): what a hostile
 production does to `celery_janitor.install(app)` in real Celery 5.7 workers — a database outage
 long enough for the `on_error = "retry"` backoff to overflow, re-queue headers that are not what
 the guard wrote, a broker clock that went backwards, a re-queue the broker refuses.
