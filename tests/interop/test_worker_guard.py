@@ -9,6 +9,7 @@ while the owner database can't be reached; workers starting together run one sta
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -535,3 +536,53 @@ def test_a_config_that_disagrees_with_the_app_fails_install(
     message = str(err.value)
     assert "127.0.0.1:1/5" in message and world.redis_server.url.split("@")[-1] in message
     assert "s3cret" not in message
+
+
+@pytest.mark.parametrize(("pool", "acks_late"), [("prefork", False), ("solo", True)])
+def test_the_guard_skips_an_orphan_in_a_celery_5_3_worker(
+    make_world: Callable[..., ScannerWorld],
+    make_janitor: Callable[..., Janitor],
+    pool: str,
+    acks_late: bool,
+) -> None:
+    """The oldest supported Celery: its worker runs from the Celery 5.3 venv scripts/test builds
+    (`CJ_CELERY53_PYTHON`), with the same celery-janitor wheel."""
+    python = os.environ.get("CJ_CELERY53_PYTHON")
+    if not python:
+        pytest.skip("CJ_CELERY53_PYTHON names no Celery 5.3 venv (scripts/test sets it)")
+    version = subprocess.run(
+        [python, "-c", "import celery; print(celery.__version__)"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    assert version.startswith("5.3."), version
+    world = make_world()
+    live, gone = world.add_rows(2)
+    live_id, gone_id = world.scan(live), world.scan(gone)
+    world.delete_rows([gone])
+    janitor = guard_janitor(world, make_janitor)
+    w = guarded_worker(world, janitor, pool=pool, acks_late=acks_late, python=python)
+
+    def done() -> bool:
+        if not w.running:
+            raise AssertionError(w.log())
+        return (
+            result_status(world, live_id) == "SUCCESS"
+            and bool(skipped(w.log()))
+            and world.queued_count() == 0
+            and world.unacked_count() == 0
+        )
+
+    wait_until(
+        done,
+        timeout=60,
+        what="the live task to run and the orphan to be skipped in Celery 5.3",
+        describe=lambda: world.describe_redis() + "\n" + w.log()[-3000:],
+    )
+    w.stop()
+    log = w.log()
+    assert not fk_violations(log), log[-3000:]
+    assert skipped(log) == [gone_id], log[-3000:]
+    assert findings(world, live) == 1
+    assert world.result_meta(gone_id) is None

@@ -36,6 +36,7 @@ class CeleryWorker:
         pool: str = "solo",
         concurrency: int | None = None,
         extra_env: dict[str, str] | None = None,
+        python: str | None = None,
     ) -> None:
         self.log_path = log_path
         self.name = f"scanner{next(_counter)}-{os.getpid()}@localhost"
@@ -65,8 +66,9 @@ class CeleryWorker:
             env["SCANNER_VISIBILITY_TIMEOUT"] = str(visibility_timeout)
         env.update(extra_env or {})
         self.env = env
+        # `python`: another venv's interpreter (e.g. Celery 5.3's, CJ_CELERY53_PYTHON).
         self.argv = [
-            sys.executable,
+            python or sys.executable,
             "-m",
             "celery",
             "-A",
