@@ -336,7 +336,7 @@ def test_workers_starting_together_run_one_startup_cleanup(
     janitor = guard_janitor(world, make_janitor, grace=0, cleanup_on_startup=True)
     workers = [
         guarded_worker(world, janitor, f"node{i}", pool="prefork" if i == 0 else "solo")
-        for i in range(4)
+        for i in range(10)
     ]
     live = [ids[r] for r in rows[4:]]
 
@@ -351,7 +351,7 @@ def test_workers_starting_together_run_one_startup_cleanup(
 
     wait_until(
         done,
-        timeout=90,
+        timeout=180,
         what="every live task to run and every node's start-up cleanup",
         describe=lambda: world.describe_redis() + "\n" + workers[0].log()[-3000:],
     )
