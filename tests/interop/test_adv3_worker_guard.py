@@ -6,8 +6,10 @@ the guard wrote, a broker clock that went backwards, a re-queue the broker refus
 
 from __future__ import annotations
 
+import json
 import re
 import time
+import uuid
 from collections.abc import Callable
 
 import psycopg
@@ -26,7 +28,7 @@ from test_worker_guard import (
     unreachable_database,
 )
 
-pytest.importorskip("celery_janitor")
+celery_janitor = pytest.importorskip("celery_janitor")
 
 pytestmark = [pytest.mark.worker, pytest.mark.janitor]
 
@@ -258,3 +260,28 @@ def test_a_chord_whose_header_member_is_skipped_fails_instead_of_hanging(
     assert skipped(w.log()) == [member_ids[1]]
     assert result_status(world, member_ids[0]) == "SUCCESS"
     assert world.result_meta(member_ids[1]) is None
+
+
+def test_an_owner_key_under_a_case_insensitive_collation_is_found_as_asked(
+    world: ScannerWorld, make_janitor: Callable[..., Janitor]
+) -> None:
+    """The owner lookup answers with the ids as asked, not the column's spelling: a row stored
+    as `Ops@Example.com` is the owner of a task naming `ops@example.com` under a
+    case-insensitive collation, so the guard runs the task (it said `missing` before)."""
+    world.sql(
+        "CREATE COLLATION IF NOT EXISTS cj_ci (provider = icu, locale = 'und-u-ks-level2',"
+        " deterministic = false)"
+    )
+    world.sql("CREATE TABLE mailboxes (address text COLLATE cj_ci PRIMARY KEY)")
+    world.sql("INSERT INTO mailboxes VALUES ('Ops@Example.com')")
+    janitor = make_janitor(world)
+    janitor.config["owners"].append(
+        {"table": "mailboxes", "id_column": "address", "tasks": ["mail.sync"], "id_from": "arg:0"}
+    )
+    janitor.write_config()
+    guard = celery_janitor._native.Guard(str(janitor.config_path))
+    for address, verdict in (("ops@example.com", "run"), ("Ops@Example.com", "run")):
+        seen = guard.check(str(uuid.uuid4()), "mail.sync", json.dumps([address]), "{}")
+        assert seen["verdict"] == verdict, (address, seen)
+    gone = guard.check(str(uuid.uuid4()), "mail.sync", json.dumps(["nobody@example.com"]), "{}")
+    assert gone["verdict"] == "missing", gone

@@ -103,6 +103,12 @@ def test_revoke_by_owner_row_removes_every_task_of_that_row(
 
     bad = janitor.run("revoke", "--owner", "not_an_owner_table:1")
     assert bad.returncode == 2 and "not_an_owner_table" in bad.stderr, bad.describe()
+    # An id the integer key can't hold as written would match no task: refused, nothing kept.
+    for spelling in (f"0{b}", f" {b}", "forty-two"):
+        bad = janitor.run("revoke", "--owner", f"scan_tasks:{spelling}")
+        assert bad.returncode == 2 and "would match no task" in bad.stderr, bad.describe()
+        assert not world.redis.exists(f"celery-janitor:revoked-owner:scan_tasks:{spelling}")
+    assert queued_task_ids(world) == {of_b}
 
 
 @pytest.mark.worker

@@ -263,6 +263,16 @@ impl OwnerDb {
         }
     }
 
+    /// Why `id` can never be an id of the rule's column (`042` for an integer column, a uuid
+    /// not in canonical form), or `None` when it can. The guard and the cleanup compare ids in
+    /// that canonical form, so a revocation of any other spelling would never match a task.
+    pub(crate) async fn unmatchable_id(&self, rule_idx: usize, id: &str) -> Result<Option<String>> {
+        let kind = self.kinds().await?[rule_idx];
+        let mut lookup = Lookup::default();
+        Self::typed(kind, &[id.to_owned()], &mut lookup);
+        Ok(lookup.invalid.remove(id))
+    }
+
     /// Which of `ids` exist in the rule's table. One query per call (per 500 ids on SQLite).
     pub(crate) async fn lookup(
         &self,
@@ -277,7 +287,7 @@ impl OwnerDb {
         let col = quote_ident(&rule.id_column);
         match &self.pool {
             Pool::Pg(pool) => {
-                let sql = format!("SELECT {col}::text FROM {table} WHERE {col} = ANY($1)");
+                let sql = answered_as_asked(&table, &col);
                 let q = sqlx::query_scalar::<_, String>(&sql);
                 let rows = match typed {
                     Ids::Int(v) => q.bind(v).fetch_all(pool).await,
@@ -356,11 +366,7 @@ impl OwnerDb {
                     })?
             }
         };
-        let sql = format!(
-            "SELECT {col}::text FROM {table} WHERE {col} = ANY($1)",
-            col = quote_ident(&rule.id_column),
-            table = rule.quoted_table(),
-        );
+        let sql = answered_as_asked(&rule.quoted_table(), &quote_ident(&rule.id_column));
         let q = sqlx::query_scalar::<_, String>(&sql);
         let rows = match typed {
             Ids::Int(v) => q.bind(v).fetch_all(&mut conn).await,
@@ -540,4 +546,14 @@ fn lost_cutoff(minutes: f64) -> chrono::DateTime<chrono::Utc> {
 
 fn sql_string(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
+}
+
+/// The PostgreSQL lookup of which ids exist, answering with the ids *as asked*: the column's
+/// own spelling can differ from an id it equals (a case-insensitive collation answers
+/// `Ops@Example.com` for `ops@example.com`), and an id answered in another spelling would read
+/// as missing — a live task skipped by the guard or removed by a cleanup.
+fn answered_as_asked(table: &str, col: &str) -> String {
+    format!(
+        "SELECT x::text FROM unnest($1) AS x WHERE EXISTS (SELECT 1 FROM {table} WHERE {col} = x)"
+    )
 }

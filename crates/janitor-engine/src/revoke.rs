@@ -146,6 +146,40 @@ impl Janitor {
         Ok(())
     }
 
+    /// Refuses an owner id its table's id column can never hold in the form the guard and the
+    /// cleanup compare (`scan_tasks:042` for an integer key): that revocation would match no task
+    /// and say nothing. When the database can't be asked, the ids are taken as given (a revoke
+    /// must work while the database is down) and a warning says so.
+    async fn check_owner_ids(&self, o: &RevokeOptions) -> Result<()> {
+        let rules = self.settings.owners.rules();
+        for (table, id) in &o.owners {
+            let Some(idx) = rules.iter().position(|r| &r.table == table) else {
+                continue;
+            };
+            match self.db.unmatchable_id(idx, id).await {
+                Ok(None) => {}
+                Ok(Some(why)) => {
+                    return Err(EngineError::InvalidOption(
+                        janitor_config::ConfigError::Invalid {
+                            key: "revoke --owner".into(),
+                            message: format!(
+                                "{why}: {table}:{id} would match no task (write the id as the \
+                                 column stores it)"
+                            ),
+                        },
+                    ));
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "could not check owner id {table}:{id} against its column ({e}); \
+                         revoking it as given"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Revokes tasks durably: writes `celery-janitor:revoked:<task id>` and
     /// `celery-janitor:revoked-owner:<table>:<id>` at once (kept `[revoke] ttl_days`), so every
     /// guarded worker skips them — also one started later; broadcasts Celery's own revoke for
@@ -164,6 +198,9 @@ impl Janitor {
         cx: &RunCtx<'_>,
     ) -> Result<DurableRevokeReport> {
         self.check_revoke_targets(o)?;
+        if !o.undo {
+            self.check_owner_ids(o).await?;
+        }
         let mut keys: Vec<Vec<u8>> = o
             .task_ids
             .iter()
