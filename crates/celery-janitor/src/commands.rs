@@ -377,6 +377,7 @@ async fn dispatch(
                 dry_run,
                 force,
                 take_over_lock,
+                max: janitor.settings().api.purge_max,
                 ..PurgeOptions::new(queue)
             };
             if !yes && !dry_run && !confirm_purge(&janitor, &options).await? {

@@ -15,6 +15,7 @@
 mod auth;
 mod error;
 mod json;
+pub mod metrics;
 mod routes;
 mod startup;
 mod throttle;
@@ -43,8 +44,8 @@ pub use auth::{
 };
 pub use error::{ApiError, ErrorBody, ErrorDetail, LockHolder};
 pub use routes::{
-    ApiDoc, CleanupBody, FullCleanupBody, Health, RestoreBody, RunList, TaskPage, DEFAULT_PAGE,
-    DEFAULT_RUNS, MAX_PAGE,
+    ApiDoc, CleanupBody, FullCleanupBody, Health, PurgeBody, RestoreBody, RunList, TaskPage,
+    DEFAULT_PAGE, DEFAULT_RUNS, MAX_PAGE,
 };
 pub use startup::{check_bind, ServeOptions, StartupError, DEFAULT_BODY_LIMIT};
 pub use throttle::{client_ip, Throttle, BLOCK, MAX_FAILURES, WINDOW};
@@ -165,6 +166,7 @@ fn router(state: Arc<AppState>, body_limit: usize) -> Router {
         .route("/api/v1/cache/status", get(routes::status))
         .route("/api/v1/cache/celery-tasks", get(routes::celery_tasks))
         .route("/api/v1/cache/runs", get(routes::runs))
+        .route("/api/v1/cache/archive", get(routes::archive))
         .route_layer(middleware::from_fn_with_state(state.clone(), read_timeout));
     let writes = Router::new()
         .route(
@@ -172,7 +174,11 @@ fn router(state: Arc<AppState>, body_limit: usize) -> Router {
             post(routes::cleanup_orphaned),
         )
         .route("/api/v1/cache/cleanup/full", post(routes::cleanup_full))
-        .route("/api/v1/cache/archive/restore", post(routes::restore));
+        .route("/api/v1/cache/archive/restore", post(routes::restore))
+        .route(
+            "/api/v1/cache/queues/{name}/purge",
+            post(routes::purge_queue),
+        );
     let api = reads
         .merge(writes)
         .route_layer(middleware::from_fn_with_state(state.clone(), require_auth));
@@ -180,6 +186,11 @@ fn router(state: Arc<AppState>, body_limit: usize) -> Router {
         .merge(api)
         .route("/healthz", get(routes::healthz))
         .route("/openapi.json", get(routes::openapi_json))
+        .route(
+            "/metrics",
+            get(routes::metrics)
+                .route_layer(middleware::from_fn_with_state(state.clone(), require_auth)),
+        )
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -224,6 +235,8 @@ pub struct Server {
     body_limit: usize,
     /// HTTPS (rustls) when `[api] tls_cert` and `tls_key` are set.
     tls: Option<axum_server::tls_rustls::RustlsConfig>,
+    /// `[api] metrics_bind`: `/metrics` alone, without authentication, on a listener of its own.
+    metrics_listener: Option<tokio::net::TcpListener>,
 }
 
 impl Server {
@@ -265,8 +278,19 @@ impl Server {
                 addr: options.bind,
                 message: e.to_string(),
             })?;
+        let metrics_listener =
+            match settings.api.metrics_bind {
+                Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                    StartupError::Bind {
+                        addr,
+                        message: e.to_string(),
+                    }
+                })?),
+                None => None,
+            };
         Ok(Server {
             listener,
+            metrics_listener,
             state: Arc::new(AppState {
                 janitor: Arc::new(janitor),
                 auth,
@@ -288,6 +312,13 @@ impl Server {
         self.tls.is_some()
     }
 
+    /// The address of the `/metrics` listener of `[api] metrics_bind`, if any.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
     /// The address it listens on (the port when bound to port 0).
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
@@ -304,8 +335,30 @@ impl Server {
             state,
             body_limit,
             tls,
+            metrics_listener,
         } = self;
         let cancel = state.cancel.clone();
+        let refresh = Duration::from_secs_f64(state.janitor.settings().api.refresh_seconds);
+        state.tasks.spawn(metrics::refresher(
+            state.janitor.clone(),
+            refresh,
+            cancel.clone(),
+        ));
+        if let Some(listener) = metrics_listener {
+            let app = Router::new()
+                .route("/metrics", get(routes::metrics))
+                .fallback(routes::not_found)
+                .with_state(state.clone());
+            let stop = cancel.clone();
+            state.tasks.spawn(async move {
+                let served = axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "the metrics listener stopped");
+                }
+            });
+        }
         let stopping = async move {
             shutdown.await;
             tracing::info!("shutting down: runs in flight stop after their current batch");
