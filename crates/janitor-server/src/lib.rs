@@ -17,6 +17,7 @@ mod error;
 mod json;
 pub mod metrics;
 mod routes;
+pub mod schedule;
 mod startup;
 mod throttle;
 mod token;
@@ -237,6 +238,8 @@ pub struct Server {
     tls: Option<axum_server::tls_rustls::RustlsConfig>,
     /// `[api] metrics_bind`: `/metrics` alone, without authentication, on a listener of its own.
     metrics_listener: Option<tokio::net::TcpListener>,
+    /// `--cleanup-every`: scheduled `full-cleanup`.
+    schedule: Option<schedule::Schedule>,
 }
 
 impl Server {
@@ -291,6 +294,7 @@ impl Server {
         Ok(Server {
             listener,
             metrics_listener,
+            schedule: None,
             state: Arc::new(AppState {
                 janitor: Arc::new(janitor),
                 auth,
@@ -310,6 +314,12 @@ impl Server {
     /// Whether it answers HTTPS.
     pub fn is_tls(&self) -> bool {
         self.tls.is_some()
+    }
+
+    /// Runs `full-cleanup` on `schedule` beside the API (`serve --cleanup-every`).
+    pub fn with_schedule(mut self, schedule: Option<schedule::Schedule>) -> Self {
+        self.schedule = schedule;
+        self
     }
 
     /// The address of the `/metrics` listener of `[api] metrics_bind`, if any.
@@ -336,6 +346,7 @@ impl Server {
             body_limit,
             tls,
             metrics_listener,
+            schedule,
         } = self;
         let cancel = state.cancel.clone();
         let refresh = Duration::from_secs_f64(state.janitor.settings().api.refresh_seconds);
@@ -344,6 +355,13 @@ impl Server {
             refresh,
             cancel.clone(),
         ));
+        if let Some(schedule) = schedule {
+            state.tasks.spawn(schedule::run(
+                state.janitor.clone(),
+                schedule,
+                cancel.clone(),
+            ));
+        }
         if let Some(listener) = metrics_listener {
             let app = Router::new()
                 .route("/metrics", get(routes::metrics))
@@ -408,12 +426,14 @@ pub async fn shutdown_signal() {
 
 /// `celery-janitor serve`: checks the start-up rules, connects the engine, and serves until
 /// SIGINT or SIGTERM. `bind` (`--bind`) overrides `[api] bind`; `actor` (`--actor`) is the
-/// engine's default audit actor (each request's `api_request` line names its own caller).
+/// engine's default audit actor (each request's `api_request` line names its own caller);
+/// `cleanup_every` (`--cleanup-every`) runs `full-cleanup` on that schedule.
 pub async fn serve(
     settings: Settings,
     bind: Option<SocketAddr>,
     insecure_no_auth: bool,
     actor: Option<String>,
+    cleanup_every: Option<schedule::Schedule>,
 ) -> Result<(), ServeError> {
     let options = ServeOptions::from_settings(&settings.api, bind, insecure_no_auth);
     let get_env = |k: &str| std::env::var(k).ok();
@@ -429,26 +449,55 @@ pub async fn serve(
     if let Some(actor) = actor {
         janitor.set_actor(actor);
     }
-    let server = Server::bind(janitor, auth, &options).await?;
+    let server = Server::bind(janitor, auth, &options)
+        .await?
+        .with_schedule(cleanup_every);
     let addr = server.local_addr()?;
     let scheme = if server.is_tls() { "https" } else { "http" };
     tracing::info!(%addr, scheme, insecure_no_auth, "serving the API");
     eprintln!("celery-janitor: serving the API on {scheme}://{addr} (Ctrl-C to stop)");
-    server
-        .run(async {
-            shutdown_signal().await;
-            eprintln!(
-                "celery-janitor: stopping: runs in flight stop after their current batch \
-                 (interrupt again to quit at once)"
-            );
-            // A second signal quits at once, as in the CLI: a run's lock then expires by itself.
-            tokio::spawn(async {
-                shutdown_signal().await;
-                eprintln!(
-                    "celery-janitor: quitting now; a run's lock expires by itself within 30 s"
-                );
-                std::process::exit(130);
-            });
-        })
+    server.run(stop_on_signal()).await
+}
+
+/// Resolves at the first SIGINT or SIGTERM, saying so; a second one quits at once, as in the
+/// CLI (a run's lock then expires by itself).
+async fn stop_on_signal() {
+    shutdown_signal().await;
+    eprintln!(
+        "celery-janitor: stopping: runs in flight stop after their current batch \
+         (interrupt again to quit at once)"
+    );
+    tokio::spawn(async {
+        shutdown_signal().await;
+        eprintln!("celery-janitor: quitting now; a run's lock expires by itself within 30 s");
+        std::process::exit(130);
+    });
+}
+
+/// `celery-janitor watch`: runs `full-cleanup` on `schedule` (see [`schedule`]) until SIGINT
+/// or SIGTERM, which stops a run in progress after its current batch.
+pub async fn watch(
+    settings: Settings,
+    schedule: schedule::Schedule,
+    actor: Option<String>,
+) -> Result<(), ServeError> {
+    let janitor = Janitor::connect(settings).await?;
+    if let Some(actor) = actor {
+        janitor.set_actor(actor);
+    }
+    eprintln!(
+        "celery-janitor: watching: full-cleanup every {} s (Ctrl-C to stop)",
+        schedule.every_seconds()
+    );
+    let cancel = Cancel::new();
+    let stop = cancel.clone();
+    let watching = tokio::spawn(schedule::run(Arc::new(janitor), schedule, cancel));
+    tokio::select! {
+        _ = stop_on_signal() => stop.cancel(),
+        _ = stop.cancelled() => {}
+    }
+    watching
         .await
+        .map_err(|e| ServeError::Io(std::io::Error::other(e.to_string())))?;
+    Ok(())
 }
