@@ -240,7 +240,7 @@ pub(crate) enum Command {
         #[arg(long, value_name = "DURATION", value_parser = parse_every)]
         cleanup_every: Option<janitor_server::schedule::Schedule>,
     },
-    /// Run full-cleanup on a schedule until SIGINT or SIGTERM, once per slot across instances
+    /// Run full-cleanup on a schedule, once per slot across instances
     Watch {
         /// The interval (e.g. 24h, 30m, 2s): slots are its multiples since the Unix epoch
         #[arg(long, value_name = "DURATION", value_parser = parse_every)]
