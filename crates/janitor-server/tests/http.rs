@@ -1290,3 +1290,40 @@ async fn metrics_bind_serves_metrics_alone_without_a_token() {
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     w.stop().await;
 }
+
+#[tokio::test]
+async fn a_purge_while_a_cleanup_runs_gets_409_with_the_holder() {
+    let w = world().await;
+    let first = {
+        let client = w.client.clone();
+        let url = w.url("/api/v1/cache/cleanup/orphaned-tasks");
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .bearer_auth(ADMIN_TOKEN)
+                .json(&json!({"grace_seconds": 2}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    let (status, _, text) = w
+        .call(
+            Method::POST,
+            "/api/v1/cache/queues/custom/purge",
+            Some(ADMIN_TOKEN),
+            Some(json!({"confirm": "custom"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{text}");
+    assert_eq!(error_code(&text), "busy");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert!(v["error"]["holder"]["run_id"].is_string(), "{text}");
+    assert_eq!(first.await.unwrap(), StatusCode::OK);
+    // The purge never ran: no purge-queue run is recorded.
+    let runs = w.janitor.runs(20).await.unwrap();
+    assert!(runs.iter().all(|r| r.command != "purge-queue"), "{runs:?}");
+    w.stop().await;
+}
