@@ -236,6 +236,15 @@ pub(crate) enum Command {
         /// Serve without authentication (refused on a non-loopback address)
         #[arg(long)]
         insecure_no_auth: bool,
+        /// Also run full-cleanup every DURATION (e.g. 24h), once per slot across instances
+        #[arg(long, value_name = "DURATION", value_parser = parse_every)]
+        cleanup_every: Option<janitor_server::schedule::Schedule>,
+    },
+    /// Run full-cleanup on a schedule, once per slot across instances
+    Watch {
+        /// The interval (e.g. 24h, 30m, 2s): slots are its multiples since the Unix epoch
+        #[arg(long, value_name = "DURATION", value_parser = parse_every)]
+        every: janitor_server::schedule::Schedule,
     },
     /// `token new`: print a new API token and its config table
     Token {
@@ -265,7 +274,8 @@ pub(crate) enum TokenRole {
 }
 
 impl Command {
-    /// Whether the command was given `--json` (`init`, `serve` and `token` have no such flag).
+    /// Whether the command was given `--json` (`init`, `serve`, `watch` and `token` have no such
+    /// flag).
     pub(crate) fn json(&self) -> bool {
         match self {
             Command::Status { json, .. }
@@ -276,9 +286,17 @@ impl Command {
             | Command::Archive { json, .. }
             | Command::Runs { json, .. } => *json,
             Command::CleanupOrphaned { opts, .. } | Command::FullCleanup { opts, .. } => opts.json,
-            Command::Init { .. } | Command::Serve { .. } | Command::Token { .. } => false,
+            Command::Init { .. }
+            | Command::Serve { .. }
+            | Command::Watch { .. }
+            | Command::Token { .. } => false,
         }
     }
+}
+
+/// A schedule's interval: whole seconds, at least 1.
+fn parse_every(text: &str) -> Result<janitor_server::schedule::Schedule, String> {
+    janitor_server::schedule::Schedule::parse_every(text)
 }
 
 /// A page size from 1 to `max`.

@@ -85,9 +85,20 @@ pub(crate) fn run(cli: Cli, inv: Invocation<'_>) -> Result<Code> {
     if let Command::Serve {
         bind,
         insecure_no_auth,
+        cleanup_every,
     } = command
     {
-        return runtime.block_on(serve(settings, bind, insecure_no_auth, actor, inv.host));
+        return runtime.block_on(serve(
+            settings,
+            bind,
+            insecure_no_auth,
+            actor,
+            inv.host,
+            cleanup_every,
+        ));
+    }
+    if let Command::Watch { every } = command {
+        return runtime.block_on(watch(settings, every, actor, inv.host));
     }
     runtime.block_on(async move { dispatch(settings, command, quiet, actor, inv).await })
 }
@@ -101,6 +112,7 @@ async fn serve(
     insecure_no_auth: bool,
     actor: Option<String>,
     host: Host,
+    cleanup_every: Option<janitor_server::schedule::Schedule>,
 ) -> Result<Code> {
     if host == Host::Embedded {
         anyhow::bail!(janitor_config::ConfigError::Invalid {
@@ -109,7 +121,31 @@ async fn serve(
                 .into(),
         });
     }
-    match janitor_server::serve(settings, bind, insecure_no_auth, actor).await {
+    match janitor_server::serve(settings, bind, insecure_no_auth, actor, cleanup_every).await {
+        Ok(()) => Ok(Code::Success),
+        Err(janitor_server::ServeError::Startup(e)) => {
+            eprintln!("celery-janitor: error: {}", scrub(&e.to_string()));
+            Ok(Code::Config)
+        }
+        Err(janitor_server::ServeError::Engine(e)) => Err(e.into()),
+        Err(janitor_server::ServeError::Io(e)) => Err(e.into()),
+    }
+}
+
+/// `watch`: scheduled `full-cleanup` until SIGINT or SIGTERM, in a process of its own only.
+async fn watch(
+    settings: Settings,
+    every: janitor_server::schedule::Schedule,
+    actor: Option<String>,
+    host: Host,
+) -> Result<Code> {
+    if host == Host::Embedded {
+        anyhow::bail!(janitor_config::ConfigError::Invalid {
+            key: "watch".into(),
+            message: "watch runs in a process of its own: run the celery-janitor command".into(),
+        });
+    }
+    match janitor_server::watch(settings, every, actor).await {
         Ok(()) => Ok(Code::Success),
         Err(janitor_server::ServeError::Startup(e)) => {
             eprintln!("celery-janitor: error: {}", scrub(&e.to_string()));
@@ -179,6 +215,7 @@ fn command_name(c: &Command) -> &'static str {
         Command::Runs { .. } => "runs",
         Command::Init { .. } => "init",
         Command::Serve { .. } => "serve",
+        Command::Watch { .. } => "watch",
         Command::Token { .. } => "token",
     }
 }
@@ -377,6 +414,7 @@ async fn dispatch(
                 dry_run,
                 force,
                 take_over_lock,
+                max: janitor.settings().api.purge_max,
                 ..PurgeOptions::new(queue)
             };
             if !yes && !dry_run && !confirm_purge(&janitor, &options).await? {
@@ -412,7 +450,10 @@ async fn dispatch(
             let runs = janitor.runs(limit).await?;
             output::runs(out, &runs, json)?;
         }
-        Command::Init { .. } | Command::Serve { .. } | Command::Token { .. } => {
+        Command::Init { .. }
+        | Command::Serve { .. }
+        | Command::Watch { .. }
+        | Command::Token { .. } => {
             unreachable!("handled before connecting")
         }
     }

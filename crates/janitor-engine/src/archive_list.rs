@@ -56,6 +56,7 @@ impl Default for ArchiveQuery {
 
 /// The owner row an archived entry belonged to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ArchiveOwner {
     pub table: String,
     pub id: String,
@@ -63,6 +64,7 @@ pub struct ArchiveOwner {
 
 /// One archived entry, without its bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ArchiveItem {
     /// The stream entry id (`<ms>-<seq>`): what `restore` tracks it by.
     pub archive_id: String,
@@ -84,6 +86,7 @@ pub struct ArchiveItem {
 
 /// One page of the archive listing.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ArchivePage {
     pub items: Vec<ArchiveItem>,
     /// Where the next page starts; `None` on the last page.

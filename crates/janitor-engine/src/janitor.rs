@@ -300,6 +300,18 @@ impl Janitor {
     /// Counts every entry by state and location, and the owner rows. Orphans are confirmed
     /// as in a cleanup: still missing `grace_seconds` after the scan read them.
     pub async fn status(&self, o: &ReadOptions, cx: &RunCtx<'_>) -> Result<StatusReport> {
+        self.status_noting(o, cx, &mut |_| {}).await
+    }
+
+    /// [`Janitor::status`], also handing each classified entry to `note` as it is counted: the
+    /// server's metrics count more per entry (queue lengths, keys without a TTL) from the same
+    /// scan, so their figures and `status` agree.
+    pub async fn status_noting(
+        &self,
+        o: &ReadOptions,
+        cx: &RunCtx<'_>,
+        note: &mut (dyn FnMut(&Entry) + Send),
+    ) -> Result<StatusReport> {
         let grace_seconds = o.grace_seconds.unwrap_or(self.settings.grace_seconds);
         let redis = self.redis_info().await?;
         let mut tasks = TaskCounts::zeroed();
@@ -310,6 +322,7 @@ impl Janitor {
                     results.unnamed += 1;
                 }
                 tasks.add(&e);
+                note(&e);
             })
             .await?;
         for rule in self.settings.owners.rules() {

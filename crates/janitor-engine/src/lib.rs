@@ -36,6 +36,7 @@ mod revoke;
 mod runs;
 mod scan;
 mod scripts;
+mod shared;
 mod spec;
 mod startup;
 

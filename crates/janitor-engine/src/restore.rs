@@ -529,7 +529,7 @@ impl Janitor {
     }
 
     /// How many archive ids of `run_id` were restored (both Redis servers).
-    async fn restored_count(&self, run_id: &str) -> Result<u64> {
+    pub async fn restored_count(&self, run_id: &str) -> Result<u64> {
         let key = self.restored_key(run_id);
         let mut total = 0;
         for (h, _) in self.archive_handles() {

@@ -122,9 +122,10 @@ impl ApiError {
         } else {
             match e.root() {
                 EngineError::Busy { .. } => (StatusCode::CONFLICT, "busy"),
-                EngineError::InvalidOption(_) | EngineError::BadCursor { .. } => {
-                    (StatusCode::BAD_REQUEST, "bad_request")
-                }
+                EngineError::InvalidOption(_)
+                | EngineError::BadCursor { .. }
+                | EngineError::BadArchiveCursor { .. }
+                | EngineError::PurgeTooLarge { .. } => (StatusCode::BAD_REQUEST, "bad_request"),
                 EngineError::Interrupted => (StatusCode::SERVICE_UNAVAILABLE, "interrupted"),
                 _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             }

@@ -15,7 +15,9 @@
 mod auth;
 mod error;
 mod json;
+pub mod metrics;
 mod routes;
+pub mod schedule;
 mod startup;
 mod throttle;
 mod token;
@@ -43,8 +45,8 @@ pub use auth::{
 };
 pub use error::{ApiError, ErrorBody, ErrorDetail, LockHolder};
 pub use routes::{
-    ApiDoc, CleanupBody, FullCleanupBody, Health, RestoreBody, RunList, TaskPage, DEFAULT_PAGE,
-    DEFAULT_RUNS, MAX_PAGE,
+    ApiDoc, CleanupBody, FullCleanupBody, Health, PurgeBody, RestoreBody, RunList, TaskPage,
+    DEFAULT_PAGE, DEFAULT_RUNS, MAX_PAGE,
 };
 pub use startup::{check_bind, ServeOptions, StartupError, DEFAULT_BODY_LIMIT};
 pub use throttle::{client_ip, Throttle, BLOCK, MAX_FAILURES, WINDOW};
@@ -165,6 +167,7 @@ fn router(state: Arc<AppState>, body_limit: usize) -> Router {
         .route("/api/v1/cache/status", get(routes::status))
         .route("/api/v1/cache/celery-tasks", get(routes::celery_tasks))
         .route("/api/v1/cache/runs", get(routes::runs))
+        .route("/api/v1/cache/archive", get(routes::archive))
         .route_layer(middleware::from_fn_with_state(state.clone(), read_timeout));
     let writes = Router::new()
         .route(
@@ -172,7 +175,11 @@ fn router(state: Arc<AppState>, body_limit: usize) -> Router {
             post(routes::cleanup_orphaned),
         )
         .route("/api/v1/cache/cleanup/full", post(routes::cleanup_full))
-        .route("/api/v1/cache/archive/restore", post(routes::restore));
+        .route("/api/v1/cache/archive/restore", post(routes::restore))
+        .route(
+            "/api/v1/cache/queues/{name}/purge",
+            post(routes::purge_queue),
+        );
     let api = reads
         .merge(writes)
         .route_layer(middleware::from_fn_with_state(state.clone(), require_auth));
@@ -180,6 +187,11 @@ fn router(state: Arc<AppState>, body_limit: usize) -> Router {
         .merge(api)
         .route("/healthz", get(routes::healthz))
         .route("/openapi.json", get(routes::openapi_json))
+        .route(
+            "/metrics",
+            get(routes::metrics)
+                .route_layer(middleware::from_fn_with_state(state.clone(), require_auth)),
+        )
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -224,6 +236,10 @@ pub struct Server {
     body_limit: usize,
     /// HTTPS (rustls) when `[api] tls_cert` and `tls_key` are set.
     tls: Option<axum_server::tls_rustls::RustlsConfig>,
+    /// `[api] metrics_bind`: `/metrics` alone, without authentication, on a listener of its own.
+    metrics_listener: Option<tokio::net::TcpListener>,
+    /// `--cleanup-every`: scheduled `full-cleanup`.
+    schedule: Option<schedule::Schedule>,
 }
 
 impl Server {
@@ -265,8 +281,20 @@ impl Server {
                 addr: options.bind,
                 message: e.to_string(),
             })?;
+        let metrics_listener =
+            match settings.api.metrics_bind {
+                Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                    StartupError::Bind {
+                        addr,
+                        message: e.to_string(),
+                    }
+                })?),
+                None => None,
+            };
         Ok(Server {
             listener,
+            metrics_listener,
+            schedule: None,
             state: Arc::new(AppState {
                 janitor: Arc::new(janitor),
                 auth,
@@ -288,6 +316,19 @@ impl Server {
         self.tls.is_some()
     }
 
+    /// Runs `full-cleanup` on `schedule` beside the API (`serve --cleanup-every`).
+    pub fn with_schedule(mut self, schedule: Option<schedule::Schedule>) -> Self {
+        self.schedule = schedule;
+        self
+    }
+
+    /// The address of the `/metrics` listener of `[api] metrics_bind`, if any.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
     /// The address it listens on (the port when bound to port 0).
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
@@ -304,8 +345,38 @@ impl Server {
             state,
             body_limit,
             tls,
+            metrics_listener,
+            schedule,
         } = self;
         let cancel = state.cancel.clone();
+        let refresh = Duration::from_secs_f64(state.janitor.settings().api.refresh_seconds);
+        state.tasks.spawn(metrics::refresher(
+            state.janitor.clone(),
+            refresh,
+            cancel.clone(),
+        ));
+        if let Some(schedule) = schedule {
+            state.tasks.spawn(schedule::run(
+                state.janitor.clone(),
+                schedule,
+                cancel.clone(),
+            ));
+        }
+        if let Some(listener) = metrics_listener {
+            let app = Router::new()
+                .route("/metrics", get(routes::metrics))
+                .fallback(routes::not_found)
+                .with_state(state.clone());
+            let stop = cancel.clone();
+            state.tasks.spawn(async move {
+                let served = axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "the metrics listener stopped");
+                }
+            });
+        }
         let stopping = async move {
             shutdown.await;
             tracing::info!("shutting down: runs in flight stop after their current batch");
@@ -355,12 +426,14 @@ pub async fn shutdown_signal() {
 
 /// `celery-janitor serve`: checks the start-up rules, connects the engine, and serves until
 /// SIGINT or SIGTERM. `bind` (`--bind`) overrides `[api] bind`; `actor` (`--actor`) is the
-/// engine's default audit actor (each request's `api_request` line names its own caller).
+/// engine's default audit actor (each request's `api_request` line names its own caller);
+/// `cleanup_every` (`--cleanup-every`) runs `full-cleanup` on that schedule.
 pub async fn serve(
     settings: Settings,
     bind: Option<SocketAddr>,
     insecure_no_auth: bool,
     actor: Option<String>,
+    cleanup_every: Option<schedule::Schedule>,
 ) -> Result<(), ServeError> {
     let options = ServeOptions::from_settings(&settings.api, bind, insecure_no_auth);
     let get_env = |k: &str| std::env::var(k).ok();
@@ -376,26 +449,55 @@ pub async fn serve(
     if let Some(actor) = actor {
         janitor.set_actor(actor);
     }
-    let server = Server::bind(janitor, auth, &options).await?;
+    let server = Server::bind(janitor, auth, &options)
+        .await?
+        .with_schedule(cleanup_every);
     let addr = server.local_addr()?;
     let scheme = if server.is_tls() { "https" } else { "http" };
     tracing::info!(%addr, scheme, insecure_no_auth, "serving the API");
     eprintln!("celery-janitor: serving the API on {scheme}://{addr} (Ctrl-C to stop)");
-    server
-        .run(async {
-            shutdown_signal().await;
-            eprintln!(
-                "celery-janitor: stopping: runs in flight stop after their current batch \
-                 (interrupt again to quit at once)"
-            );
-            // A second signal quits at once, as in the CLI: a run's lock then expires by itself.
-            tokio::spawn(async {
-                shutdown_signal().await;
-                eprintln!(
-                    "celery-janitor: quitting now; a run's lock expires by itself within 30 s"
-                );
-                std::process::exit(130);
-            });
-        })
+    server.run(stop_on_signal()).await
+}
+
+/// Resolves at the first SIGINT or SIGTERM, saying so; a second one quits at once, as in the
+/// CLI (a run's lock then expires by itself).
+async fn stop_on_signal() {
+    shutdown_signal().await;
+    eprintln!(
+        "celery-janitor: stopping: runs in flight stop after their current batch \
+         (interrupt again to quit at once)"
+    );
+    tokio::spawn(async {
+        shutdown_signal().await;
+        eprintln!("celery-janitor: quitting now; a run's lock expires by itself within 30 s");
+        std::process::exit(130);
+    });
+}
+
+/// `celery-janitor watch`: runs `full-cleanup` on `schedule` (see [`schedule`]) until SIGINT
+/// or SIGTERM, which stops a run in progress after its current batch.
+pub async fn watch(
+    settings: Settings,
+    schedule: schedule::Schedule,
+    actor: Option<String>,
+) -> Result<(), ServeError> {
+    let janitor = Janitor::connect(settings).await?;
+    if let Some(actor) = actor {
+        janitor.set_actor(actor);
+    }
+    eprintln!(
+        "celery-janitor: watching: full-cleanup every {} s (Ctrl-C to stop)",
+        schedule.every_seconds()
+    );
+    let cancel = Cancel::new();
+    let stop = cancel.clone();
+    let watching = tokio::spawn(schedule::run(Arc::new(janitor), schedule, cancel));
+    tokio::select! {
+        _ = stop_on_signal() => stop.cancel(),
+        _ = stop.cancelled() => {}
+    }
+    watching
         .await
+        .map_err(|e| ServeError::Io(std::io::Error::other(e.to_string())))?;
+    Ok(())
 }

@@ -16,9 +16,10 @@ use axum::response::Response;
 use axum::Extension;
 use janitor_config::{validate_grace_seconds, validate_max_age_hours};
 use janitor_engine::{
-    CleanupOptions, CleanupReport, Cursor, EngineError, FullCleanupReport, ListOptions, Location,
-    PlanOptions, ReadOptions, RequestAudit, RestoreOptions, RestoreReport, RunRecord,
-    State as EntryState, StatusReport, TaskRow, RUNS_KEPT,
+    ArchiveItem, ArchiveOwner, ArchivePage, ArchiveQuery, CleanupOptions, CleanupReport, Cursor,
+    EngineError, FullCleanupReport, ListOptions, Location, PlanOptions, PurgeOptions, ReadOptions,
+    RequestAudit, RestoreOptions, RestoreReport, RunRecord, State as EntryState, StatusReport,
+    TaskRow, RUNS_KEPT,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, OpenApi, ToSchema};
@@ -62,11 +63,14 @@ fn request_id(headers: &HeaderMap) -> &str {
         cleanup_orphaned,
         cleanup_full,
         restore,
+        purge_queue,
+        archive,
         runs,
+        metrics,
         healthz,
         openapi_json
     ),
-    components(schemas(ErrorBody)),
+    components(schemas(ErrorBody, ArchiveItem, ArchiveOwner)),
     modifiers(&BearerAuth),
     tags((name = "cache", description = "Celery's Redis state and its cleanup"))
 )]
@@ -480,6 +484,159 @@ pub(crate) async fn restore(
     Ok(with_run_id(report.run_id.as_deref(), &report))
 }
 
+/// The body of `POST /api/v1/cache/queues/{name}/purge`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PurgeBody {
+    /// The queue's name again (required): without it, or with another name, nothing changes.
+    pub confirm: Option<String>,
+    /// Purge even when the queue holds more than `[api] purge_max` messages (default false).
+    pub force: Option<bool>,
+    /// Say what would be removed, changing nothing (default false).
+    pub dry_run: Option<bool>,
+}
+
+/// The longest queue name taken (Redis keys may be longer; Celery's queue names are not).
+const MAX_QUEUE_NAME: usize = 1024;
+
+/// `POST /api/v1/cache/queues/{name}/purge`: removes every message queued in the queue when
+/// the purge starts (all priority sub-lists; archived, restorable; `unacked` untouched), and
+/// answers what `purge-queue --json` prints (the `cleanup-orphaned --json` report).
+#[utoipa::path(
+    post,
+    path = "/api/v1/cache/queues/{name}/purge",
+    tag = "cache",
+    params(("name" = String, Path, description = "The queue's name, as Celery names it")),
+    request_body(content = PurgeBody, description = "`confirm` must be the queue's name"),
+    responses(
+        (status = 200, description = "The purge report (the `cleanup-orphaned --json` shape)",
+         body = CleanupReport, headers(("x-run-id" = String, description = "The run's id"))),
+        (status = 400, description = "No matching `confirm`, a bad body, or more than `[api] purge_max` messages without `force`; nothing changed", body = ErrorBody),
+        (status = 401, description = "No, or an invalid, bearer token", body = ErrorBody),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 409, description = "Another cleanup holds the lock (its holder is named)", body = ErrorBody),
+        (status = 429, description = "Too many failed authentications", body = ErrorBody),
+        (status = 503, description = "Redis or the database is unreachable, or the server is stopping", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn purge_queue(
+    State(s): Shared,
+    Extension(actor): Extension<Actor>,
+    name: Result<axum::extract::Path<String>, axum::extract::rejection::PathRejection>,
+    headers: HeaderMap,
+    Body(body): Body<PurgeBody>,
+) -> Result<Response, ApiError> {
+    let axum::extract::Path(name) =
+        name.map_err(|e| ApiError::bad_request(format!("bad queue name: {}", e.body_text())))?;
+    if name.is_empty() || name.len() > MAX_QUEUE_NAME {
+        return Err(ApiError::bad_request(format!(
+            "the queue name must be 1 to {MAX_QUEUE_NAME} bytes"
+        )));
+    }
+    match body.confirm.as_deref() {
+        Some(confirm) if confirm == name => {}
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "confirm is not the queue's name; nothing was changed",
+            ))
+        }
+        None => {
+            return Err(ApiError::bad_request(
+                "confirm is required: the queue's name, to purge it; nothing was changed",
+            ))
+        }
+    }
+    let options = PurgeOptions {
+        dry_run: body.dry_run.unwrap_or(false),
+        force: body.force.unwrap_or(false),
+        max: s.janitor.settings().api.purge_max,
+        actor: Some(actor.name.clone()),
+        ..PurgeOptions::new(name)
+    };
+    let dry_run = options.dry_run;
+    log_start(&actor, &headers, "purge-queue", dry_run);
+    let janitor = s.janitor.clone();
+    let cancel = s.cancel.clone();
+    let work = async move {
+        let cx = janitor_engine::RunCtx::new(&janitor_engine::NoProgress, cancel);
+        janitor.purge_queue(&options, &cx).await
+    };
+    let mutation = Mutation::new(
+        &actor,
+        &headers,
+        "POST /api/v1/cache/queues/{name}/purge",
+        dry_run,
+    );
+    let report = s
+        .run_audited(mutation, work, |r: &CleanupReport| {
+            (Some(r.run_id.clone()), Some(r.removed.total()))
+        })
+        .await?;
+    Ok(with_run_id(Some(&report.run_id), &report))
+}
+
+/// The query of `GET /api/v1/cache/archive`.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ArchiveParams {
+    /// Only entries archived by this run.
+    run_id: Option<String>,
+    /// Entries per page, 1–10000 (default 100).
+    #[param(minimum = 1, maximum = 10000)]
+    limit: Option<usize>,
+    /// The previous page's `next_cursor`.
+    cursor: Option<String>,
+}
+
+/// `GET /api/v1/cache/archive`: archived entries, newest first, a page at a time — metadata
+/// only, never the stored bytes (which may hold secrets).
+#[utoipa::path(
+    get,
+    path = "/api/v1/cache/archive",
+    tag = "cache",
+    params(ArchiveParams),
+    responses(
+        (status = 200, description = "One page of the archive, newest first", body = ArchivePage),
+        (status = 400, description = "A bad limit or cursor", body = ErrorBody),
+        (status = 401, description = "No, or an invalid, bearer token", body = ErrorBody),
+        (status = 403, description = "The token grants no role", body = ErrorBody),
+        (status = 429, description = "Too many failed authentications", body = ErrorBody),
+        (status = 503, description = "Redis is unreachable", body = ErrorBody),
+        (status = 504, description = "The read took too long", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn archive(
+    State(s): Shared,
+    Query(q): Query<ArchiveParams>,
+) -> Result<Pretty<ArchivePage>, ApiError> {
+    let limit = q.limit.unwrap_or(ArchiveQuery::DEFAULT_LIMIT);
+    if !(1..=ArchiveQuery::MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit: must be from 1 to {}, got {limit}",
+            ArchiveQuery::MAX_LIMIT
+        )));
+    }
+    if let Some(cursor) = &q.cursor {
+        ArchiveQuery::check_cursor(cursor).map_err(|e| s.engine_error(&e))?;
+    }
+    if q.run_id.as_ref().is_some_and(|r| r.len() > 128) {
+        return Err(ApiError::bad_request("run_id is too long"));
+    }
+    let query = ArchiveQuery {
+        run_id: q.run_id.filter(|r| !r.is_empty()),
+        limit,
+        cursor: q.cursor,
+    };
+    s.janitor
+        .archive_entries(&query)
+        .await
+        .map(Pretty)
+        .map_err(|e| s.engine_error(&e))
+}
+
 /// The query of `GET /api/v1/cache/runs`.
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -564,6 +721,37 @@ pub(crate) async fn healthz(State(s): Shared) -> Response {
             },
         )
     }
+}
+
+/// `GET /metrics`: the cached figures in the Prometheus text format (see the `metrics` module:
+/// a scrape reads one Redis key, never the keyspace).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    responses(
+        (status = 200, description = "Prometheus text exposition 0.0.4", content_type = "text/plain", body = String),
+        (status = 401, description = "No, or an invalid, bearer token (unless on `[api] metrics_bind`)", body = ErrorBody),
+        (status = 403, description = "The token grants no role", body = ErrorBody),
+        (status = 429, description = "Too many failed authentications", body = ErrorBody),
+        (status = 503, description = "Redis is unreachable", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn metrics(State(s): Shared) -> Result<Response, ApiError> {
+    let figures = crate::metrics::stored(&s.janitor)
+        .await
+        .map_err(|e| s.engine_error(&e))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    let text = crate::metrics::render(figures.as_ref(), now);
+    let mut response = axum::response::IntoResponse::into_response((StatusCode::OK, text));
+    response.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    Ok(response)
 }
 
 /// `GET /openapi.json`: this document.

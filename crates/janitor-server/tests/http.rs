@@ -21,6 +21,8 @@ const JWT_ENV: &str = "CJ_TEST_JWT_SECRET";
 struct World {
     redis: TestRedis,
     addr: SocketAddr,
+    /// The `[api] metrics_bind` listener's address, when configured.
+    metrics_addr: Option<SocketAddr>,
     /// A second engine on the same Redis and database, to compare answers with.
     janitor: Janitor,
     client: reqwest::Client,
@@ -29,11 +31,12 @@ struct World {
     _dir: tempfile::TempDir,
 }
 
-fn config_text(redis: &TestRedis, db_url: &str, dir: &std::path::Path) -> String {
+fn config_text(redis: &TestRedis, db_url: &str, dir: &std::path::Path, api: &str) -> String {
     let section = format!("url = \"{}\"", redis.url());
     format!(
         r#"{}
 [api]
+{api}
 trusted_proxies = ["127.0.0.1"]
 [[api.tokens]]
 name = "ops"
@@ -61,11 +64,16 @@ async fn world() -> World {
 
 /// A world whose server answers HTTPS with `tls` (certificate and key PEM files).
 async fn world_with(tls: Option<(std::path::PathBuf, std::path::PathBuf)>) -> World {
+    world_full(tls, "").await
+}
+
+/// A world whose config's `[api]` table also holds `api` (TOML lines).
+async fn world_full(tls: Option<(std::path::PathBuf, std::path::PathBuf)>, api: &str) -> World {
     let redis = TestRedis::start().await;
     keyspace::load(&redis).await;
     let dir = tempfile::tempdir().unwrap();
     let db_url = sqlite_owners::create(dir.path()).await;
-    let text = config_text(&redis, &db_url, dir.path());
+    let text = config_text(&redis, &db_url, dir.path(), api);
     let settings = || {
         janitor_config::resolve_text(&text, &janitor_config::Flags::default(), &|_| None).unwrap()
     };
@@ -83,6 +91,7 @@ async fn world_with(tls: Option<(std::path::PathBuf, std::path::PathBuf)>) -> Wo
         .await
         .unwrap();
     let addr = server.local_addr().unwrap();
+    let metrics_addr = server.metrics_addr();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let handle = tokio::spawn(async move {
         server
@@ -95,6 +104,7 @@ async fn world_with(tls: Option<(std::path::PathBuf, std::path::PathBuf)>) -> Wo
     World {
         redis,
         addr,
+        metrics_addr,
         janitor: Janitor::connect(settings()).await.unwrap(),
         client: reqwest::Client::new(),
         stop: Some(stop),
@@ -223,6 +233,13 @@ async fn every_endpoint_answers_each_credential_as_its_role_allows() {
         (Method::GET, "/api/v1/cache/status", None),
         (Method::GET, "/api/v1/cache/celery-tasks?limit=5", None),
         (Method::GET, "/api/v1/cache/runs", None),
+        (Method::GET, "/api/v1/cache/archive?limit=5", None),
+        (Method::GET, "/metrics", None),
+        (
+            Method::POST,
+            "/api/v1/cache/queues/not-a-queue/purge",
+            Some(json!({"confirm": "not-a-queue"})),
+        ),
         (
             Method::POST,
             "/api/v1/cache/cleanup/orphaned-tasks",
@@ -261,9 +278,15 @@ async fn every_endpoint_answers_each_credential_as_its_role_allows() {
                     assert_eq!(headers["www-authenticate"], "Bearer");
                 }
                 403 => assert_eq!(error_code(&text), "forbidden", "{who} {path}"),
+                _ if *path == "/metrics" => {
+                    assert!(text.starts_with('#'), "{who} {path}: {text}")
+                }
                 _ => {
                     let v: Value = serde_json::from_str(&text).unwrap();
                     assert!(v.get("error").is_none(), "{who} {path}: {text}");
+                    if path.contains("purge") {
+                        assert!(headers.contains_key("x-run-id"), "{who} {path}");
+                    }
                     if path.contains("cleanup") {
                         assert!(headers.contains_key("x-run-id"), "{who} {path}");
                         assert_eq!(v["dry_run"], true);
@@ -671,6 +694,7 @@ async fn healthz_needs_no_token_and_says_only_ok_or_unavailable() {
     let World {
         redis,
         addr,
+        metrics_addr: _,
         client,
         stop,
         server,
@@ -719,6 +743,9 @@ async fn the_openapi_document_lists_every_path_and_schema() {
         ("/api/v1/cache/cleanup/orphaned-tasks", "post"),
         ("/api/v1/cache/cleanup/full", "post"),
         ("/api/v1/cache/archive/restore", "post"),
+        ("/api/v1/cache/archive", "get"),
+        ("/api/v1/cache/queues/{name}/purge", "post"),
+        ("/metrics", "get"),
         ("/healthz", "get"),
         ("/openapi.json", "get"),
     ] {
@@ -736,6 +763,9 @@ async fn the_openapi_document_lists_every_path_and_schema() {
         "RestoreReport",
         "RunRecord",
         "ErrorBody",
+        "ArchivePage",
+        "ArchiveItem",
+        "PurgeBody",
     ] {
         assert!(schemas.contains_key(name), "schema {name} missing");
     }
@@ -819,7 +849,7 @@ async fn a_certificate_that_cannot_be_read_stops_the_start() {
     let redis = TestRedis::start().await;
     let dir = tempfile::tempdir().unwrap();
     let db_url = sqlite_owners::create(dir.path()).await;
-    let text = config_text(&redis, &db_url, dir.path());
+    let text = config_text(&redis, &db_url, dir.path(), "");
     let settings =
         janitor_config::resolve_text(&text, &janitor_config::Flags::default(), &|_| None).unwrap();
     let get_env = |k: &str| (k == JWT_ENV).then(|| JWT_SECRET.to_owned());
@@ -940,4 +970,360 @@ async fn shutdown_stops_a_running_cleanup_at_a_safe_point_and_waits_for_it() {
         .await
         .unwrap();
     assert_eq!(lock, None);
+}
+
+#[tokio::test]
+async fn purge_needs_the_queue_name_then_removes_the_queue_and_the_archive_lists_it() {
+    let w = world().await;
+    let before = Snapshot::take(&w.redis).await;
+    let queued = w.janitor.queue_length("celery").await.unwrap();
+    assert!(queued > 0);
+    for body in [
+        None,
+        Some(json!({})),
+        Some(json!({"confirm": "custom"})),
+        Some(json!({"confirm": "celery ", "force": true})),
+        Some(json!({"confirm": "celery", "unknown": 1})),
+    ] {
+        let (status, headers, text) = w
+            .call(
+                Method::POST,
+                "/api/v1/cache/queues/celery/purge",
+                Some(ADMIN_TOKEN),
+                body.clone(),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body:?}: {text}");
+        assert_eq!(error_code(&text), "bad_request");
+        assert!(!headers.contains_key("x-run-id"));
+    }
+    // A viewer may not purge, even with the right confirm.
+    let (status, _, _) = w
+        .call(
+            Method::POST,
+            "/api/v1/cache/queues/celery/purge",
+            Some(VIEWER_TOKEN),
+            Some(json!({"confirm": "celery"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    Snapshot::take(&w.redis)
+        .await
+        .assert_same_content(&before, "a refused purge changed Redis");
+
+    let (status, headers, text) = w
+        .call(
+            Method::POST,
+            "/api/v1/cache/queues/celery/purge",
+            Some(ADMIN_TOKEN),
+            Some(json!({"confirm": "celery"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let report: Value = serde_json::from_str(&text).unwrap();
+    let run_id = headers["x-run-id"].to_str().unwrap().to_owned();
+    assert_eq!(report["run_id"], run_id.as_str());
+    assert_eq!(report["removed"]["queue"].as_u64(), Some(queued), "{text}");
+    assert_eq!(report["removed"]["unacked"].as_u64(), Some(0), "{text}");
+    assert_eq!(w.janitor.queue_length("celery").await.unwrap(), 0);
+
+    // The archive lists what the purge removed, a page at a time, without the stored bytes.
+    let mut seen = 0;
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/api/v1/cache/archive?run_id={run_id}&limit=2&cursor={c}"),
+            None => format!("/api/v1/cache/archive?run_id={run_id}&limit=2"),
+        };
+        let (status, _, text) = w.call(Method::GET, &path, Some(VIEWER_TOKEN), None).await;
+        assert_eq!(status, StatusCode::OK, "{text}");
+        let page: Value = serde_json::from_str(&text).unwrap();
+        for item in page["items"].as_array().unwrap() {
+            assert_eq!(item["run_id"], run_id.as_str());
+            assert_eq!(item["reason"], "purged");
+            assert_eq!(item["location"], "queue");
+            assert!(
+                item.get("body").is_none() && item.get("value").is_none(),
+                "{item}"
+            );
+            seen += 1;
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(seen as u64, queued);
+    for bad in [
+        "/api/v1/cache/archive?limit=0",
+        "/api/v1/cache/archive?limit=10001",
+        "/api/v1/cache/archive?cursor=not-a-cursor",
+        "/api/v1/cache/archive?nope=1",
+    ] {
+        let (status, _, text) = w.call(Method::GET, bad, Some(ADMIN_TOKEN), None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {text}");
+        assert_eq!(error_code(&text), "bad_request");
+    }
+
+    // The purge is audited with its caller, and restore puts the messages back.
+    let audit = std::fs::read_to_string(w._dir.path().join("audit.jsonl")).unwrap();
+    let line = audit
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|v| v["action"] == "api_request" && v["run_id"] == run_id.as_str())
+        .unwrap_or_else(|| panic!("no audit line: {audit}"));
+    assert_eq!(line["endpoint"], "POST /api/v1/cache/queues/{name}/purge");
+    assert_eq!(line["actor"], "ops");
+    assert_eq!(line["changed"].as_u64(), Some(queued));
+    assert_eq!(
+        line["request_id"],
+        headers["x-request-id"].to_str().unwrap()
+    );
+    let (status, restored) = w
+        .admin(
+            Method::POST,
+            "/api/v1/cache/archive/restore",
+            Some(json!({"run_id": run_id})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{restored}");
+    assert_eq!(w.janitor.queue_length("celery").await.unwrap(), queued);
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn a_purge_over_purge_max_needs_force() {
+    let w = world_full(None, "purge_max = 2").await;
+    let queued = w.janitor.queue_length("celery").await.unwrap();
+    assert!(queued > 2);
+    let before = Snapshot::take(&w.redis).await;
+    let (status, text) = w
+        .admin(
+            Method::POST,
+            "/api/v1/cache/queues/celery/purge",
+            Some(json!({"confirm": "celery"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+    assert!(
+        text["error"]["message"].as_str().unwrap().contains("force"),
+        "{text}"
+    );
+    Snapshot::take(&w.redis)
+        .await
+        .assert_same_content(&before, "a refused purge changed Redis");
+    let (status, report) = w
+        .admin(
+            Method::POST,
+            "/api/v1/cache/queues/celery/purge",
+            Some(json!({"confirm": "celery", "force": true})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["removed"]["queue"].as_u64(), Some(queued));
+    w.stop().await;
+}
+
+/// The `/metrics` text as name{labels} → value.
+fn samples(text: &str) -> std::collections::BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (name, value) = l.rsplit_once(' ').unwrap();
+            (name.to_owned(), value.parse().unwrap())
+        })
+        .collect()
+}
+
+/// Waits (up to 20 s) for `/metrics` to serve figures computed after `since` (Unix seconds).
+async fn fresh_metrics(w: &World, token: Option<&str>, since: f64) -> String {
+    for _ in 0..200 {
+        let (status, headers, text) = w.call(Method::GET, "/metrics", token, None).await;
+        assert_eq!(status, StatusCode::OK, "{text}");
+        assert!(headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4"));
+        let s = samples(&text);
+        if let Some(age) = s.get("celery_janitor_figures_age_seconds") {
+            if (now() as f64) - age >= since {
+                return text;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("no fresh figures");
+}
+
+#[tokio::test]
+async fn metrics_are_the_status_figures_and_count_what_runs_did() {
+    let w = world_full(None, "refresh_seconds = 1").await;
+    let (status, _, _) = w.call(Method::GET, "/metrics", None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let text = fresh_metrics(&w, Some(VIEWER_TOKEN), 0.0).await;
+    for name in [
+        "celery_janitor_queue_length",
+        "celery_janitor_unacked",
+        "celery_janitor_result_keys",
+        "celery_janitor_result_keys_without_ttl",
+        "celery_janitor_entries",
+        "celery_janitor_removed_total",
+        "celery_janitor_restored_total",
+        "celery_janitor_lost_rows_marked_total",
+        "celery_janitor_guard_events_total",
+        "celery_janitor_figures_age_seconds",
+    ] {
+        assert!(text.contains(&format!("# HELP {name} ")), "{name}: {text}");
+        assert!(text.contains(&format!("# TYPE {name} ")), "{name}: {text}");
+    }
+    assert!(text.contains("# TYPE celery_janitor_cleanup_duration_seconds histogram"));
+    let s = samples(&text);
+    let report = w
+        .janitor
+        .status(&ReadOptions::default(), &RunCtx::quiet())
+        .await
+        .unwrap();
+    let status = serde_json::to_value(&report).unwrap();
+    let tasks = &status["tasks"];
+    let queues: f64 = s
+        .iter()
+        .filter(|(k, _)| k.starts_with("celery_janitor_queue_length{"))
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(queues, tasks["by_location"]["queue"].as_f64().unwrap());
+    assert!(s["celery_janitor_queue_length{queue=\"celery\"}"] > 0.0);
+    assert_eq!(
+        s["celery_janitor_unacked"],
+        tasks["by_location"]["unacked"].as_f64().unwrap()
+    );
+    assert_eq!(
+        s["celery_janitor_result_keys"],
+        tasks["by_location"]["result"].as_f64().unwrap()
+    );
+    for location in ["queue", "unacked", "result"] {
+        for (state, field) in [
+            ("orphaned", "orphaned_by_location"),
+            ("undecidable", "undecidable_by_location"),
+        ] {
+            assert_eq!(
+                s[&format!("celery_janitor_entries{{state=\"{state}\",location=\"{location}\"}}")],
+                tasks[field][location].as_f64().unwrap(),
+                "{state} {location}"
+            );
+        }
+    }
+    for state in ["live", "orphaned", "unowned", "undecidable"] {
+        let total: f64 = ["queue", "unacked", "result"]
+            .iter()
+            .map(|l| s[&format!("celery_janitor_entries{{state=\"{state}\",location=\"{l}\"}}")])
+            .sum();
+        assert_eq!(total, tasks[state].as_f64().unwrap(), "{state}");
+    }
+    assert_eq!(s["celery_janitor_removed_total{location=\"queue\"}"], 0.0);
+
+    // A cleanup's removals show once the figures are refreshed, and stay counted.
+    let (status, report) = w
+        .admin(Method::POST, "/api/v1/cache/cleanup/orphaned-tasks", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    let done = now() as f64 + 1.0;
+    let text = fresh_metrics(&w, Some(ADMIN_TOKEN), done).await;
+    let s = samples(&text);
+    for location in ["queue", "unacked", "result"] {
+        assert_eq!(
+            s[&format!("celery_janitor_removed_total{{location=\"{location}\"}}")],
+            report["removed"][location].as_f64().unwrap(),
+            "{location}"
+        );
+    }
+    assert_eq!(s["celery_janitor_cleanup_duration_seconds_count"], 1.0);
+    assert!(s["celery_janitor_last_cleanup_success_timestamp_seconds"] > 0.0);
+    assert!(!text.contains(report["run_id"].as_str().unwrap()));
+    let (status, restored) = w
+        .admin(
+            Method::POST,
+            "/api/v1/cache/archive/restore",
+            Some(json!({"run_id": report["run_id"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{restored}");
+    let done = now() as f64 + 1.0;
+    let s = samples(&fresh_metrics(&w, Some(ADMIN_TOKEN), done).await);
+    let removed: f64 = ["queue", "unacked", "result"]
+        .iter()
+        .map(|l| report["removed"][l].as_f64().unwrap())
+        .sum();
+    assert_eq!(s["celery_janitor_restored_total"], removed);
+    assert_eq!(s["celery_janitor_cleanup_duration_seconds_count"], 1.0);
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_bind_serves_metrics_alone_without_a_token() {
+    let w = world_full(None, "metrics_bind = \"127.0.0.1:0\"\nrefresh_seconds = 1").await;
+    let addr = w.metrics_addr.expect("a metrics listener");
+    let mut text = String::new();
+    for _ in 0..100 {
+        let res = w
+            .client
+            .get(format!("http://{addr}/metrics"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        text = res.text().await.unwrap();
+        if text.contains("celery_janitor_figures_age_seconds ") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(text.contains("celery_janitor_unacked "), "{text}");
+    // Nothing else is served there, and the main listener still wants a token.
+    let res = w
+        .client
+        .get(format!("http://{addr}/api/v1/cache/status"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    let (status, _, _) = w.call(Method::GET, "/metrics", None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn a_purge_while_a_cleanup_runs_gets_409_with_the_holder() {
+    let w = world().await;
+    let first = {
+        let client = w.client.clone();
+        let url = w.url("/api/v1/cache/cleanup/orphaned-tasks");
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .bearer_auth(ADMIN_TOKEN)
+                .json(&json!({"grace_seconds": 2}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    let (status, _, text) = w
+        .call(
+            Method::POST,
+            "/api/v1/cache/queues/custom/purge",
+            Some(ADMIN_TOKEN),
+            Some(json!({"confirm": "custom"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{text}");
+    assert_eq!(error_code(&text), "busy");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert!(v["error"]["holder"]["run_id"].is_string(), "{text}");
+    assert_eq!(first.await.unwrap(), StatusCode::OK);
+    // The purge never ran: no purge-queue run is recorded.
+    let runs = w.janitor.runs(20).await.unwrap();
+    assert!(runs.iter().all(|r| r.command != "purge-queue"), "{runs:?}");
+    w.stop().await;
 }
