@@ -19,11 +19,7 @@ from fastapi.testclient import TestClient
 from support.janitor import Janitor, janitor_config, render_toml
 from support.world import ScannerWorld
 
-pytestmark = [
-    pytest.mark.janitor,
-    # Starlette 1.x asks for httpx2 in its TestClient; httpx is what the `fastapi` extra names.
-    pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`"),
-]
+pytestmark = [pytest.mark.janitor]
 
 READ = {"Authorization": "Bearer reader"}
 WRITE = {"Authorization": "Bearer writer", "X-User": "alice@example.com"}

@@ -88,6 +88,37 @@ def test_importing_opens_no_socket_and_starts_no_thread() -> None:
     assert not any("socket" in t for t in fds_1.values())
 
 
+def test_a_call_leaves_no_thread_behind(tmp_path: Path) -> None:
+    """Each call builds its runtime and drops it before returning: afterwards the process has
+    the native threads it had before (a prefork parent that forks later inherits none)."""
+    script = textwrap.dedent(
+        """
+        import os
+        import celery_janitor
+
+        os.environ["REDIS_URL"] = "redis://127.0.0.1:1/0"
+        os.environ["DATABASE_URL"] = "postgresql://nobody@127.0.0.1:1/none"
+        before = len(os.listdir("/proc/self/task"))
+        for _ in range(3):
+            try:
+                celery_janitor.status()
+            except celery_janitor.JanitorError as err:
+                assert err.kind == "redis_unreachable", err
+        print(before, len(os.listdir("/proc/self/task")))
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+        cwd=tmp_path,  # the app log it writes
+    )
+    before, after = proc.stdout.split()
+    assert after == before, proc.stdout
+
+
 def cli_outputs(janitor: Janitor, *args: str) -> dict[str, subprocess.CompletedProcess[str]]:
     """The same command line run by the Rust binary, the console script and `python -m`."""
     argv = ["--config", str(janitor.config_path), *args]
