@@ -295,17 +295,6 @@ fn with_run_id<T: Serialize>(run_id: Option<&str>, report: &T) -> Response {
     response
 }
 
-/// A mutation request for the log: who, which request, what.
-fn log_start(actor: &Actor, headers: &HeaderMap, what: &str, dry_run: bool) {
-    tracing::info!(
-        actor = %actor.name,
-        via = actor.via.as_str(),
-        request_id = request_id(headers),
-        dry_run,
-        "{what} requested"
-    );
-}
-
 /// `POST /api/v1/cache/cleanup/orphaned-tasks`: what `cleanup-orphaned --json` prints.
 #[utoipa::path(
     post,
@@ -339,10 +328,10 @@ pub(crate) async fn cleanup_orphaned(
         take_over_lock: false,
     };
     let dry_run = options.dry_run;
-    log_start(&actor, &headers, "cleanup-orphaned", dry_run);
     let mutation = Mutation::new(
         &actor,
         &headers,
+        "cleanup-orphaned",
         "POST /api/v1/cache/cleanup/orphaned-tasks",
         dry_run,
     );
@@ -395,8 +384,13 @@ pub(crate) async fn cleanup_full(
         take_over_lock: false,
     };
     let dry_run = options.dry_run;
-    log_start(&actor, &headers, "full-cleanup", dry_run);
-    let mutation = Mutation::new(&actor, &headers, "POST /api/v1/cache/cleanup/full", dry_run);
+    let mutation = Mutation::new(
+        &actor,
+        &headers,
+        "full-cleanup",
+        "POST /api/v1/cache/cleanup/full",
+        dry_run,
+    );
     let report = s
         .run_audited(
             mutation,
@@ -463,7 +457,6 @@ pub(crate) async fn restore(
         ..Default::default()
     };
     let dry_run = options.dry_run;
-    log_start(&actor, &headers, "restore", dry_run);
     let janitor = s.janitor.clone();
     let cancel = s.cancel.clone();
     let work = async move {
@@ -473,6 +466,7 @@ pub(crate) async fn restore(
     let mutation = Mutation::new(
         &actor,
         &headers,
+        "restore",
         "POST /api/v1/cache/archive/restore",
         dry_run,
     );
@@ -555,7 +549,6 @@ pub(crate) async fn purge_queue(
         ..PurgeOptions::new(name)
     };
     let dry_run = options.dry_run;
-    log_start(&actor, &headers, "purge-queue", dry_run);
     let janitor = s.janitor.clone();
     let cancel = s.cancel.clone();
     let work = async move {
@@ -565,6 +558,7 @@ pub(crate) async fn purge_queue(
     let mutation = Mutation::new(
         &actor,
         &headers,
+        "purge-queue",
         "POST /api/v1/cache/queues/{name}/purge",
         dry_run,
     );
@@ -786,7 +780,21 @@ struct Mutation {
 }
 
 impl Mutation {
-    fn new(actor: &Actor, headers: &HeaderMap, endpoint: &'static str, dry_run: bool) -> Self {
+    /// A mutating request for `command` (the CLI's name for it), logged as it starts.
+    fn new(
+        actor: &Actor,
+        headers: &HeaderMap,
+        command: &str,
+        endpoint: &'static str,
+        dry_run: bool,
+    ) -> Self {
+        tracing::info!(
+            actor = %actor.name,
+            via = actor.via.as_str(),
+            request_id = request_id(headers),
+            dry_run,
+            "{command} requested"
+        );
         Mutation {
             actor: actor.clone(),
             request_id: request_id(headers).to_owned(),
