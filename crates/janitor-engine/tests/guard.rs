@@ -32,10 +32,7 @@ async fn world(scenario: Option<&str>) -> World {
     let dir = tempfile::tempdir().unwrap();
     let db_url = sqlite_owners::create(dir.path()).await;
     let section = format!("url = \"{}\"", redis.url());
-    let config = sqlite_owners::config(&section, &db_url, dir.path(), "");
-    let settings =
-        janitor_config::resolve_text(&config, &janitor_config::Flags::default(), &|_| None)
-            .unwrap();
+    let settings = sqlite_owners::settings(&section, &db_url, dir.path());
     let janitor = Janitor::connect(settings).await.unwrap();
     World {
         redis,

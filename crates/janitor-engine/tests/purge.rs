@@ -73,10 +73,7 @@ async fn world() -> World {
     let dir = tempfile::tempdir().unwrap();
     let db_url = sqlite_owners::create(dir.path()).await;
     let section = format!("url = \"{}\"", redis.url());
-    let config = sqlite_owners::config(&section, &db_url, dir.path(), "");
-    let settings =
-        janitor_config::resolve_text(&config, &janitor_config::Flags::default(), &|_| None)
-            .unwrap();
+    let settings = sqlite_owners::settings(&section, &db_url, dir.path());
     let janitor = Janitor::connect(settings).await.unwrap();
     World {
         redis,
@@ -453,10 +450,7 @@ async fn the_archive_merges_the_broker_and_backend_streams_across_pages() {
         redis.url_db(1),
         redis.url_db(2)
     );
-    let config = sqlite_owners::config(&section, &db_url, dir.path(), "");
-    let settings =
-        janitor_config::resolve_text(&config, &janitor_config::Flags::default(), &|_| None)
-            .unwrap();
+    let settings = sqlite_owners::settings(&section, &db_url, dir.path());
     let j = Janitor::connect(settings).await.unwrap();
     let report = j
         .cleanup(

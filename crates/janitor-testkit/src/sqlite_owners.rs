@@ -62,3 +62,14 @@ id_from = "arg:0"
         dir = dir.display(),
     )
 }
+
+/// The settings of [`config`] (no owner extra), resolved from the text alone — no flags, no
+/// environment — as the server and the Python package resolve theirs.
+pub fn settings(redis_section: &str, db_url: &str, dir: &Path) -> janitor_config::Settings {
+    janitor_config::resolve_text(
+        &config(redis_section, db_url, dir, ""),
+        &janitor_config::Flags::default(),
+        &|_| None,
+    )
+    .unwrap()
+}
