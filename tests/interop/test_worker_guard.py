@@ -105,24 +105,45 @@ def stats(janitor: Janitor) -> dict[str, Any]:
     return result
 
 
+def celery53_python() -> str:
+    """The Celery 5.3 venv's python that scripts/test builds with the same celery-janitor wheel
+    (`CJ_CELERY53_PYTHON`): the oldest supported Celery."""
+    python = os.environ.get("CJ_CELERY53_PYTHON")
+    if not python:
+        pytest.skip("CJ_CELERY53_PYTHON names no Celery 5.3 venv (scripts/test sets it)")
+    version = subprocess.run(
+        [python, "-c", "import celery; print(celery.__version__)"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    assert version.startswith("5.3."), version
+    return python
+
+
 @pytest.mark.parametrize(
-    ("pool", "acks_late", "install_first"),
+    ("pool", "acks_late", "install_first", "celery53"),
     [
-        ("solo", False, False),
-        ("solo", True, True),
-        ("prefork", False, True),
-        ("prefork", True, False),
-        ("threads", False, False),
-        ("threads", True, True),
+        ("solo", False, False, False),
+        ("solo", True, True, False),
+        ("prefork", False, True, False),
+        ("prefork", True, False, False),
+        ("threads", False, False, False),
+        ("threads", True, True, False),
+        ("prefork", False, False, True),
+        ("solo", True, False, True),
     ],
 )
 def test_a_task_whose_row_is_gone_is_skipped(
     make_world: Callable[..., ScannerWorld],
     make_janitor: Callable[..., Janitor],
+    *,
     pool: str,
     acks_late: bool,
     install_first: bool,
+    celery53: bool,
 ) -> None:
+    python = celery53_python() if celery53 else None
     world = make_world()
     live, gone = world.add_rows(2)
     live_id, gone_id = world.scan(live), world.scan(gone)
@@ -137,6 +158,7 @@ def test_a_task_whose_row_is_gone_is_skipped(
         acks_late=acks_late,
         install_first=install_first,
         track_started=True,
+        python=python,
     )
 
     def done() -> bool:
@@ -536,53 +558,3 @@ def test_a_config_that_disagrees_with_the_app_fails_install(
     message = str(err.value)
     assert "127.0.0.1:1/5" in message and world.redis_server.url.split("@")[-1] in message
     assert "s3cret" not in message
-
-
-@pytest.mark.parametrize(("pool", "acks_late"), [("prefork", False), ("solo", True)])
-def test_the_guard_skips_an_orphan_in_a_celery_5_3_worker(
-    make_world: Callable[..., ScannerWorld],
-    make_janitor: Callable[..., Janitor],
-    pool: str,
-    acks_late: bool,
-) -> None:
-    """The oldest supported Celery: its worker runs from the Celery 5.3 venv scripts/test builds
-    (`CJ_CELERY53_PYTHON`), with the same celery-janitor wheel."""
-    python = os.environ.get("CJ_CELERY53_PYTHON")
-    if not python:
-        pytest.skip("CJ_CELERY53_PYTHON names no Celery 5.3 venv (scripts/test sets it)")
-    version = subprocess.run(
-        [python, "-c", "import celery; print(celery.__version__)"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    assert version.startswith("5.3."), version
-    world = make_world()
-    live, gone = world.add_rows(2)
-    live_id, gone_id = world.scan(live), world.scan(gone)
-    world.delete_rows([gone])
-    janitor = guard_janitor(world, make_janitor)
-    w = guarded_worker(world, janitor, pool=pool, acks_late=acks_late, python=python)
-
-    def done() -> bool:
-        if not w.running:
-            raise AssertionError(w.log())
-        return (
-            result_status(world, live_id) == "SUCCESS"
-            and bool(skipped(w.log()))
-            and world.queued_count() == 0
-            and world.unacked_count() == 0
-        )
-
-    wait_until(
-        done,
-        timeout=60,
-        what="the live task to run and the orphan to be skipped in Celery 5.3",
-        describe=lambda: world.describe_redis() + "\n" + w.log()[-3000:],
-    )
-    w.stop()
-    log = w.log()
-    assert not fk_violations(log), log[-3000:]
-    assert skipped(log) == [gone_id], log[-3000:]
-    assert findings(world, live) == 1
-    assert world.result_meta(gone_id) is None
